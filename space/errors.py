@@ -1,0 +1,45 @@
+"""Errors a user can cause, each with the HTTP status it maps to and a message that says what to do."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A request the server cannot serve because of what the client sent (always a 4xx)."""
+
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadImage(UserError):
+    """Not an image, or a corrupt or truncated one."""
+
+    status_code = 400
+
+
+class TooLarge(UserError):
+    """Over the byte or pixel limit."""
+
+    status_code = 413
+
+
+class UnsupportedMediaType(UserError):
+    """A content type the endpoint does not read."""
+
+    status_code = 415
+
+
+class BadParameter(UserError):
+    """A parameter outside its allowed range or of the wrong type."""
+
+    status_code = 422
+
+
+class NotReady(Exception):
+    """The model is still loading; the client should retry shortly (503)."""
+
+
+class ModelUnavailable(Exception):
+    """The model cannot be loaded; the message says how to fix it. Raised at start-up only."""

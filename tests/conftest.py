@@ -1,0 +1,188 @@
+"""Shared fixtures: real checkpoints (a tiny random ViT, the real model in ../shared) and real servers."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL_MODEL = SHARED / "models" / "efficientnet-lite0-imagenet"
+PHOTOS = SHARED / "photos"
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: Path
+    accepted: tuple[str, ...]
+
+
+def read_photos() -> list[Photo]:
+    """The real photos and their accepted ImageNet labels (../shared/photos/labels.csv)."""
+    with (PHOTOS / "labels.csv").open() as handle:
+        return [
+            Photo(PHOTOS / row["file"], tuple(label.strip() for label in row["accepted_labels"].split(" | ")))
+            for row in csv.DictReader(handle)
+        ]
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """../shared must be there: CI clones the repo beside it. A missing folder fails, never skips."""
+    assert REAL_MODEL.is_dir() and (PHOTOS / "labels.csv").is_file(), f"missing test data under {SHARED}"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def real_model(shared: Path) -> Path:
+    return REAL_MODEL
+
+
+@pytest.fixture(scope="session")
+def photos(shared: Path) -> list[Photo]:
+    return read_photos()
+
+
+def make_tiny_vit(folder: Path, num_labels: int = 10) -> Path:
+    """A randomly initialised ViTForImageClassification with its processor: the ViT code path, fast."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    labels = {i: f"class {i}" for i in range(num_labels)}
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A real ``python -m space serve`` process on a loopback port."""
+
+    process: subprocess.Popen[str]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    model: Path | str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    wait_ready: bool = True,
+    timeout: float = 120,
+) -> Server:
+    """Start the server as a user would (``python -m space serve``) and wait for ``/readyz``."""
+    port = free_port()
+    log_path = log_dir / f"server-{port}.log"
+    full_env = {
+        **os.environ,
+        "SPACE_MODEL": str(model),
+        "SPACE_PORT": str(port),
+        "SPACE_HOST": "127.0.0.1",
+        "SPACE_EXAMPLES_DIR": str(PHOTOS),
+        "GRADIO_TEMP_DIR": str(log_dir / "gradio"),
+        **(env or {}),
+    }
+    full_env.pop("PORT", None)
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "space", "serve", *(args or [])],
+            cwd=REPO,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    if wait_ready:
+        wait_until_ready(server, timeout)
+    return server
+
+
+def wait_until_ready(server: Server, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise AssertionError(f"server not ready after {timeout}s:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """Start servers on demand; all are stopped at the end of the session."""
+    started: list[Server] = []
+
+    def factory(model: Path | str, **kwargs: object) -> Server:
+        server = start_server(model, tmp_path_factory.mktemp("server"), **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_server(server_factory: Callable[..., Server], real_model: Path) -> Server:
+    """The server with the real ImageNet model from ../shared (real predictions)."""
+    return server_factory(real_model)
+
+
+@pytest.fixture(scope="session")
+def vit_server(server_factory: Callable[..., Server], tiny_vit: Path) -> Server:
+    """The server with the tiny random ViT (the ViT code path)."""
+    return server_factory(tiny_vit, env={"SPACE_TOP_K": "3"})
