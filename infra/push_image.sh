@@ -113,12 +113,13 @@ for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST; do
 done
 [[ -n "${HF_TOKEN:-}" ]] && BUILD_ARGS+=(--secret "id=hf_token,env=HF_TOKEN")
 CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+# VCS_REF / SOURCE_URL: the Dockerfile's OCI labels (revision, source).
 BUILD_ARGS+=(
+  --build-arg "VCS_REF=$(git -C "$ROOT" rev-parse HEAD)"
   --label "org.opencontainers.image.version=$VERSION"
-  --label "org.opencontainers.image.revision=$(git -C "$ROOT" rev-parse HEAD)"
   --label "org.opencontainers.image.created=$CREATED"
 )
-[[ -n "${SOURCE_URL:-}" ]] && BUILD_ARGS+=(--label "org.opencontainers.image.source=$SOURCE_URL")
+[[ -n "${SOURCE_URL:-}" ]] && BUILD_ARGS+=(--build-arg "SOURCE_URL=$SOURCE_URL")
 
 run() {
   if [[ $DRY_RUN -eq 1 ]]; then

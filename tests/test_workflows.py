@@ -127,6 +127,7 @@ def test_ci_workflow() -> None:
 
 def test_ci_references_existing_files() -> None:
     assert (ROOT / "infra" / "container-test.sh").is_file()
+    assert (ROOT / "Makefile").is_file(), "no Makefile (CI runs `make test`)"
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test:", makefile, re.M), "the Makefile has no test target"
     assert (ROOT / "Dockerfile").is_file()
