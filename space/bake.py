@@ -251,9 +251,12 @@ def bake(
     """Fetch, verify and describe a model in ``output``; returns the manifest it wrote."""
     if output.exists() and any(output.iterdir()):
         raise BakeError(f"output folder is not empty: {output}")
-    local = is_local(model)
+    local, revision = is_local(model), revision or None
     if local and not Path(model).expanduser().is_dir():
         raise BakeError(f"model folder not found: {model}")
+    if local and revision:
+        _log(f"note: --revision {revision} does not apply to a local folder; ignored")
+        revision = None
     output.mkdir(parents=True, exist_ok=True)
     try:
         if local:

@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to classify")
     add_setting_flags(predict_parser, PREDICT_FIELDS)
     predict_parser.set_defaults(handler=predict)
+
+    from space import bake  # stdlib-only at import time; torch/transformers load inside bake()
+
+    bake_parser = commands.add_parser(
+        "bake", help="build time: fetch a model (Hub or folder) and the examples, verify, write a manifest"
+    )
+    bake.add_arguments(bake_parser)
+    bake_parser.set_defaults(handler=bake.main_from_args)
     return parser
 
 

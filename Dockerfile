@@ -1,0 +1,106 @@
+# vit-space: an image-classification Space, weights baked in at build time, offline at run time.
+#
+#   docker build -t vit-space .                                   # google/vit-base-patch16-224, pinned
+#   docker build --build-arg MODEL_ID=org/model --build-arg MODEL_REVISION=<sha> \
+#     --secret id=hf_token,env=HF_TOKEN -t vit-space .            # gated/private model: token as a secret
+#
+# A local model folder instead of a Hub id (air-gapped builds; what infra/container-test.sh does):
+#   docker build --build-context model-src=path/to/model --build-arg MODEL_ID=/mnt/model-src \
+#     --build-arg MODEL_REVISION= \
+#     --build-context examples-src=path/to/photos --build-arg EXAMPLES_FROM=/mnt/examples-src .
+# (podman/buildah: the same flags.) Mirrors: --build-arg BASE_IMAGE=..., PIP_INDEX_URL,
+# PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_CERT (the CA bundle file must be mounted/available).
+
+ARG BASE_IMAGE=python:3.11-slim
+
+# Optional local inputs for the bake stage; empty unless replaced with --build-context NAME=DIR.
+FROM scratch AS model-src
+FROM scratch AS examples-src
+
+# ---- deps: a virtualenv in /opt/venv with CPU-only torch and the app ---------------------------------
+FROM ${BASE_IMAGE} AS deps
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
+ARG TORCH_VERSION=2.13.0
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+# torch first, from the CPU index, so the app's `torch>=2.4` pulls nothing (and no CUDA libraries).
+RUN python -m venv /opt/venv \
+ && pip install "torch==${TORCH_VERSION}" \
+ && python -c "import torch; assert torch.version.cuda is None, 'a CUDA build of torch was installed'"
+WORKDIR /src
+# Then the app's dependencies (a layer that survives app-code changes), then the app itself. Trimmed
+# (~250 MB, none of it used at run time): torch's C++ headers and C++ test binaries (torch_shm_manager
+# stays), the test suites of numpy/pandas/sympy, and pip itself.
+COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+      > /tmp/requirements.txt \
+ && pip install --requirement /tmp/requirements.txt \
+ && sp="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+ && rm -rf "$sp/torch/include" "$sp/torch/test" "$sp/pandas/tests" \
+ && find "$sp/torch/bin" -type f ! -name torch_shm_manager -delete \
+ && find "$sp/numpy" "$sp/sympy" -type d -name tests -prune -exec rm -rf {} +
+COPY space/ space/
+RUN pip install --no-deps . \
+ && pip uninstall --yes pip
+
+# ---- bake: fetch the pinned weights and the examples, prove they load, write the manifest ------------
+FROM deps AS bake
+# Hub model id, or a folder path inside this stage (e.g. /mnt/model-src, the `model-src` build context).
+ARG MODEL_ID=google/vit-base-patch16-224
+# The pinned revision (commit sha) of google/vit-base-patch16-224; set it empty for a local folder.
+ARG MODEL_REVISION=3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3
+# Copy example images from this folder (e.g. /mnt/examples-src) instead of downloading them.
+ARG EXAMPLES_FROM=
+COPY examples/ /src/examples/
+# The Hub token exists only during this RUN, as the BuildKit secret `hf_token`; bake never writes it.
+RUN --mount=type=secret,id=hf_token \
+    --mount=type=bind,from=model-src,target=/mnt/model-src \
+    --mount=type=bind,from=examples-src,target=/mnt/examples-src \
+    python -m space bake --model "$MODEL_ID" --revision "$MODEL_REVISION" \
+      --output /opt/space/model \
+      --examples-manifest /src/examples/manifest.json --examples-dir /opt/space/examples \
+      --token-file /run/secrets/hf_token ${EXAMPLES_FROM:+--examples-from "$EXAMPLES_FROM"}
+
+# ---- runtime: the venv, the baked model and examples; no compilers, pip, caches or tests -------------
+FROM ${BASE_IMAGE} AS runtime
+# Hugging Face Spaces run the container as uid 1000 and need a writable home.
+RUN useradd --create-home --uid 1000 --shell /bin/sh user
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=bake /opt/space /opt/space
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    HOME=/home/user \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/home/user/.cache/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    GRADIO_ANALYTICS_ENABLED=False \
+    SPACE_HOST=0.0.0.0 \
+    SPACE_PORT=7860 \
+    SPACE_MODEL=/opt/space/model \
+    SPACE_EXAMPLES_DIR=/opt/space/examples
+USER 1000
+WORKDIR /home/user/app
+EXPOSE 7860
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('SPACE_PORT') or os.environ.get('PORT') or '7860'), timeout=4)"]
+ARG MODEL_ID=google/vit-base-patch16-224
+ARG MODEL_REVISION=3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3
+ARG SOURCE_URL=https://github.com/vit-space/vit-space
+ARG VCS_REF=unknown
+LABEL org.opencontainers.image.title="vit-space" \
+      org.opencontainers.image.description="Image classification Space (Gradio + FastAPI), model baked in, offline at run time" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      io.github.vit-space.model.id="${MODEL_ID}" \
+      io.github.vit-space.model.revision="${MODEL_REVISION}"
+CMD ["python", "-m", "space", "serve"]
