@@ -19,12 +19,17 @@ for _name, _value in {
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from space import __version__, api  # noqa: E402
+from space import __version__, api, logs, metrics  # noqa: E402
+from space.admission import Admission  # noqa: E402
+from space.admission import install_handlers as install_admission_handlers  # noqa: E402
 from space.runtime import Runtime  # noqa: E402
+from space.security import install_security, ui_credentials  # noqa: E402
 from space.settings import Settings  # noqa: E402
 from space.ui import THEME, build_ui  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+UPLOAD_MAX_AGE_S = 600  # Gradio's copies of UI uploads are deleted after this long (and at shutdown)
 
 
 def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
@@ -36,10 +41,13 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         if on_load_failure:
             on_load_failure(message)
 
+    admission = Admission(settings.max_in_flight, settings.request_timeout_s)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         runtime.load_in_background(load_failed)
         yield
+        admission.shutdown()
 
     app = FastAPI(
         title="vit-space",
@@ -48,16 +56,31 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.admission = admission
     api.install_error_handlers(app)
+    install_admission_handlers(app)
+    install_security(app, settings)
     app.include_router(api.router)
+    app.add_api_route("/metrics", metrics.metrics_endpoint(runtime), methods=["GET"], include_in_schema=False)
+    # Outermost: every answer (401s and 503s included) gets a request id, a log line and a count.
+    app.add_middleware(
+        logs.RequestLogMiddleware, enabled=settings.request_log, on_done=metrics.observe_request
+    )
     examples_dir = settings.examples_dir.resolve()
+    # Gradio's queue is bounded too, so UI users cannot starve the API (they share the admission slots).
+    blocks = build_ui(runtime, admission).queue(
+        max_size=settings.ui_queue_size, default_concurrency_limit=settings.ui_concurrency
+    )
+    blocks.delete_cache = (UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)  # UI uploads leave GRADIO_TEMP_DIR soon
     return gr.mount_gradio_app(
         app,
-        build_ui(runtime),
+        blocks,
+        auth=ui_credentials(settings),
         path="/",
         theme=THEME,
         allowed_paths=[str(examples_dir)] if examples_dir.is_dir() else None,
         max_file_size=settings.max_upload_bytes,
         show_error=True,
         footer_links=["api"],
+        mcp_server=settings.mcp,
     )

@@ -8,9 +8,9 @@ implement the same one-method protocol), and :class:`Classifier` turns logits in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import platform
 import threading
 import time
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from space import metrics
 from space.errors import BadParameter, ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ModelInfo:
     backend: str
     load_seconds: float = 0.0
     bake: dict[str, Any] | None = None
+    optimized: dict[str, Any] | None = None  # the bake step's optimized.json (backend, guard report)
     versions: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -109,6 +111,7 @@ class Classifier:
     def classify(self, images: Sequence[Image.Image], top_k: int) -> list[list[Prediction]]:
         """Top-``top_k`` labels for each image, by softmax probability, highest first."""
         self.check_top_k(top_k)
+        metrics.observe_batch(len(images))
         logits = self.backend.logits(self.preprocess(images))
         return [self._top_k(row, top_k) for row in logits]
 
@@ -116,6 +119,10 @@ class Classifier:
         """One inference on a blank image, so the first user does not pay for lazy initialisation."""
         height, width = self.info.image_size
         self.classify([Image.new("RGB", (width, height), (127, 127, 127))], top_k=1)
+
+    def top_k(self, logits: np.ndarray, top_k: int) -> list[Prediction]:
+        """Top-``top_k`` labels of one row of logits (for callers that batch the backend themselves)."""
+        return self._top_k(logits, top_k)
 
     def _top_k(self, logits: np.ndarray, top_k: int) -> list[Prediction]:
         shifted = logits.astype(np.float64) - logits.max()
@@ -153,26 +160,46 @@ def resolve_model(model: str, revision: str | None) -> tuple[Path, str | None]:
     return path, path.name
 
 
-def load(model: str, revision: str | None = None, threads: int | None = None) -> Classifier:
-    """Load processor and model from a folder or the local Hub cache, warmed and ready to classify."""
+def load(
+    model: str,
+    revision: str | None = None,
+    threads: int | None = None,
+    backend: str = "torch",
+    precision: str = "fp32",
+) -> Classifier:
+    """Load processor and model from a folder or the local Hub cache, warmed and ready to classify.
+
+    ``backend``/``precision`` pick the inference backend (see :mod:`space.backends`; ``auto`` serves what
+    the bake step chose, else fp32 PyTorch); ``threads`` is the number of intra-op threads per call.
+    """
     started = time.perf_counter()
     path, commit = resolve_model(model, revision)
     import torch
     import transformers
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
-    if threads:
-        torch.set_num_threads(threads)
+    from space import backends
+
+    backend, precision, optimized = backends.resolve_choice(path, backend, precision)
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    # One graph at a time: inter-op threads would only compete with intra-op ones. Raises if already set.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
     try:
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-        network = AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
+        if backend == "torch":
+            network = AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
+            config = network.config
+        else:  # the ONNX file holds the weights; the PyTorch model is not kept in memory
+            network = None
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as error:
         raise ModelUnavailable(
             f"Could not load an image-classification model from {str(path)!r}: {_first_line(error)}. "
             "The folder needs config.json (of an image-classification architecture), "
             "preprocessor_config.json and complete weights (model.safetensors); re-bake or re-download it."
         ) from None
-    config = network.config
     info = ModelInfo(
         model=model,
         revision=commit,
@@ -180,7 +207,7 @@ def load(model: str, revision: str | None = None, threads: int | None = None) ->
         architecture=(config.architectures or [type(network).__name__])[0],
         num_labels=len(config.id2label),
         image_size=_image_size(processor),
-        backend=TorchBackend.name,
+        backend=f"{backend}-{precision}",
         bake=_read_bake_manifest(path),
         versions={
             "python": platform.python_version(),
@@ -188,9 +215,9 @@ def load(model: str, revision: str | None = None, threads: int | None = None) ->
             "transformers": transformers.__version__,
         },
     )
-    classifier = Classifier(
-        processor, TorchBackend(network), {int(k): v for k, v in config.id2label.items()}, info
-    )
+    info.optimized = optimized
+    engine = backends.create_backend(path, network, backend, precision, threads)
+    classifier = Classifier(processor, engine, {int(k): v for k, v in config.id2label.items()}, info)
     classifier.warm_up()
     info.load_seconds = round(time.perf_counter() - started, 3)
     log.info("model loaded", extra={"model": model, "path": str(path), "seconds": info.load_seconds})
@@ -224,5 +251,7 @@ def _first_line(error: Exception) -> str:
 
 
 def default_threads() -> int:
-    """CPUs this process may use (affinity), the default for inference threads."""
-    return len(os.sched_getaffinity(0))
+    """CPUs this process may use (affinity and cgroup quota), the default for inference threads."""
+    from space.backends import available_cpus
+
+    return available_cpus()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -14,7 +14,8 @@ from space.errors import ModelUnavailable, UserError
 from space.settings import Settings, describe_error, env_name, load_settings
 
 SERVE_FIELDS = tuple(Settings.model_fields)
-PREDICT_FIELDS = ("model", "model_revision", "top_k", "threads", "max_upload_mb", "max_pixels", "log_level")
+PREDICT_FIELDS = ("model", "model_revision", "top_k", "threads", "max_upload_mb", "max_pixels")
+PREDICT_FIELDS += ("log_level", "log_format")
 FLAG_NAMES = {"model_revision": "revision"}  # shorter flags where the field name is long
 
 
@@ -40,7 +41,7 @@ def settings_from(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     """Start the web app; exits non-zero with one clear line if the model cannot be loaded."""
     settings = settings_from(args, SERVE_FIELDS)
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     import uvicorn
 
     from space.app import create_app
@@ -60,11 +61,19 @@ def serve(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's loggers go through space.logs like everything else
+            access_log=not settings.request_log,  # space.logs writes one line per request instead
             timeout_graceful_shutdown=30,
+            # Longer than clients' and proxies' idle timeouts (httpx: 5 s), so the server is never the
+            # side that closes a kept-alive connection just as a client sends on it (a lost request).
+            timeout_keep_alive=30,
             proxy_headers=True,
             forwarded_allow_ips="*",
         )
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown (draining in-flight requests); by then the
+    # stop was clean, so it should exit 0, not die by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     if failures:
         raise ModelUnavailable(failures[0])
@@ -74,7 +83,7 @@ def serve(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     """Classify image files offline; one JSON object per image on stdout. Exit 1 if any failed."""
     settings = settings_from(args, PREDICT_FIELDS)
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     from space.runtime import Runtime
 
     runtime = Runtime(settings)
@@ -91,8 +100,11 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(settings: Settings) -> None:
+    """JSON lines (text in a terminal) on stderr, for this app and the libraries it uses."""
+    from space import logs
+
+    logs.configure(settings.log_level, settings.log_format)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
@@ -121,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bake.add_arguments(bake_parser)
     bake_parser.set_defaults(handler=bake.main_from_args)
+
+    from space import bench  # numpy only at import time; servers and models load inside
+
+    bench_parser = commands.add_parser(
+        "bench", help="benchmark this server against the naive pipeline baseline over HTTP (not a test)"
+    )
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(handler=bench.main_from_args)
     return parser
 
 

@@ -7,7 +7,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from space import backends, metrics
 from space import classifier as classifier_module
+from space.batching import Batcher
 from space.classifier import Classifier, ModelInfo, Prediction
 from space.errors import ModelUnavailable, NotReady
 from space.images import ImageLimits, decode, read_file
@@ -25,6 +29,12 @@ class Runtime:
         self.load_error: str | None = None
         self._classifier: Classifier | None = None
         self._ready = threading.Event()
+        # Decoding and preprocessing run in the server's request threads; bounding them keeps a burst of
+        # large photos from starving the inference threads of CPU.
+        self._decoding = threading.BoundedSemaphore(settings.decode_threads or backends.available_cpus())
+        self.batcher: Batcher | None = None
+        self.draft_size: tuple[int, int] | None = None
+        self.plan: dict[str, int] = {}
 
     @property
     def ready(self) -> bool:
@@ -42,9 +52,25 @@ class Runtime:
 
     def load(self) -> None:
         """Load and warm the model; afterwards the runtime is ready. Raises ``ModelUnavailable``."""
-        self._classifier = classifier_module.load(
-            self.settings.model, self.settings.model_revision, self.settings.threads
+        settings = self.settings
+        path, _ = classifier_module.resolve_model(settings.model, settings.model_revision)
+        backend, precision, _ = backends.resolve_choice(path, settings.backend, settings.precision)
+        # CPUs (cgroup quota and affinity) split between workers: PyTorch runs one call at a time with
+        # all threads; ONNX Runtime runs one single-thread call per CPU, which keeps all cores busy.
+        total = settings.threads or backends.available_cpus()
+        workers = settings.workers or (total if backend == "onnxruntime" else 1)
+        threads = max(1, total // workers)
+        model = classifier_module.load(settings.model, settings.model_revision, threads, backend, precision)
+        self.batcher = Batcher(
+            metrics.counted(model.backend.logits),  # batch sizes and images, for /metrics
+            settings.max_batch_size,
+            settings.max_batch_wait_ms,
+            workers=workers,
         )
+        self.draft_size = draft_size(model.processor)
+        self.plan = {"workers": workers, "threads": threads, "cpus": total}
+        log.info("inference plan", extra={"backend": model.info.backend, **self.plan})
+        self._classifier = model
         self._ready.set()
 
     def load_in_background(self, on_failure: Callable[[str], None]) -> threading.Thread:
@@ -76,10 +102,33 @@ class Runtime:
         """Decode and classify one uploaded image (the API's path)."""
         model = self.classifier
         k = self.resolve_top_k(top_k)
-        return model.classify([decode(data, self.limits)], k)[0]
+        with self._decoding:
+            pixels = model.preprocess([decode(data, self.limits, self.draft_size)])[0]
+        return self._predict(model, pixels, k)
 
     def classify_file(self, path: str | Path, top_k: int | None = None) -> list[Prediction]:
         """Decode and classify one image file (the UI's and CLI's path), with the same checks."""
         model = self.classifier
         k = self.resolve_top_k(top_k)
-        return model.classify([read_file(path, self.limits)], k)[0]
+        with self._decoding:
+            pixels = model.preprocess([read_file(path, self.limits, self.draft_size)])[0]
+        return self._predict(model, pixels, k)
+
+    def _predict(self, model: Classifier, pixels: np.ndarray, top_k: int) -> list[Prediction]:
+        """Through the batcher, so concurrent requests share backend calls."""
+        assert self.batcher is not None
+        with metrics.QUEUE_DEPTH.track_inprogress():
+            row = self.batcher.submit(pixels)
+        return model.top_k(row, top_k)
+
+
+def draft_size(processor: object) -> tuple[int, int]:
+    """How small a JPEG may be decoded: twice the largest edge the processor resizes to, so that its own
+    resize (which antialiases) still does the final reduction and top-1 does not change."""
+    edges = [224]
+    for name in ("size", "crop_size"):
+        value = getattr(processor, name, None) or {}
+        value = value if isinstance(value, dict) else dict(value)
+        edges += [int(v) for v in value.values() if isinstance(v, int | float)]
+    edge = 2 * max(edges)
+    return edge, edge

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 ENV_PREFIX = "SPACE_"
@@ -48,6 +49,72 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level."
+    )
+
+    # --- Reliability and security (issue 6): admission control, time limits, CORS, optional auth ---
+    max_in_flight: int = Field(
+        16, ge=1, le=4096, description="Predictions admitted at once (API and UI); more get 503 at once."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Longest a prediction may take, queueing included; later -> 504."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest an upload body may take to arrive; slower -> 408."
+    )
+    ui_concurrency: int = Field(2, ge=1, le=64, description="UI (Gradio queue) events run at once.")
+    ui_queue_size: int = Field(
+        32, ge=1, le=10000, description="UI events that may wait in Gradio's queue; more are told to retry."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed cross-origin access (JSON list or comma-separated); none by default.",
+    )
+    api_token: SecretStr | None = Field(
+        None, description="If set, /predict and /info need 'Authorization: Bearer <token>'."
+    )
+    ui_auth: SecretStr | None = Field(None, description="If set ('user:password'), the UI asks for a login.")
+
+    @field_validator("ui_auth")
+    @classmethod
+    def _check_ui_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user, sep, password = value.get_secret_value().partition(":")
+            if not (user and sep and password):
+                raise ValueError("must be 'user:password', both non-empty")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    # --- Observability and MCP (issue 7): log format, per-request log lines, Gradio's MCP server ---
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as JSON, or text; auto: text in a terminal, JSON otherwise."
+    )
+    request_log: bool = Field(True, description="One log line per request (replaces uvicorn's access log).")
+    mcp: bool = Field(False, description="Serve the classifier as an MCP tool at /gradio_api/mcp/.")
+
+    # --- Performance (issue 5): inference backend, precision, batching across users, CPU allocation ---
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="Inference backend; auto: what the bake step exported (else torch)."
+    )
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto", description="Numeric precision (torch: fp32, bf16; onnxruntime: fp32, int8); auto: baked."
+    )
+    workers: int | None = Field(
+        None, ge=1, le=64, description="Inference calls at once (default: torch 1, onnxruntime one per CPU)."
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most images per backend call (batching).")
+    max_batch_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="Longest a request waits for others to share its batch, in ms."
+    )
+    decode_threads: int | None = Field(
+        None, ge=1, le=64, description="Images decoded and preprocessed at once (default: CPUs available)."
     )
 
     @property

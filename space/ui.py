@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
+from space.admission import Admission, DeadlineExceeded, Overloaded
 from space.errors import NotReady, UserError
 from space.runtime import Runtime
 
@@ -33,48 +35,99 @@ def find_examples(folder: Path) -> list[Path]:
     return [bundled / name for name in FALLBACK_EXAMPLES if (bundled / name).is_file()]
 
 
-def build_ui(runtime: Runtime) -> gr.Blocks:
+def model_summary(runtime: Runtime) -> str:
+    """One line naming the model and its revision; re-read on every page load (the model loads late)."""
+    info = runtime.info
+    if info is None:
+        return f"Model **{runtime.settings.model}**: loading, ready in a few seconds."
+    bake = info.bake or {}
+    name = str(bake.get("model_id") or info.model)
+    if Path(name).is_absolute():  # a local folder: its name, not this server's file layout
+        name = Path(name).name
+    revision = info.revision or bake.get("commit_sha") or bake.get("revision")
+    pinned = f"revision `{revision}`" if revision else "revision: local folder (unpinned)"
+    return (
+        f"Model **{name}**, {pinned} · {info.architecture}, {info.num_labels} classes · "
+        f"runs inside this app ({info.backend}); no outside service is called."
+    )
+
+
+def user_error(message: str) -> gr.Error:
+    """A message shown in the page; no traceback in the server log, since the user caused it."""
+    return gr.Error(message, print_exception=False)
+
+
+def build_ui(runtime: Runtime, admission: Admission | None = None) -> gr.Blocks:
     """The page. Errors a user causes show as readable messages in the page."""
     settings = runtime.settings
 
-    def classify(image_path: str | None, top_k: float) -> tuple[dict[str, float], str]:
+    def classify(image: Any, top_k: float) -> tuple[dict[str, float], str]:
+        """Classify an image with the model served by this app: its most likely classes, best first.
+
+        Args:
+            image: The image to classify (JPEG, PNG, WebP, GIF, BMP or TIFF), as an http(s) URL or a
+                base64 ``data:`` URL.
+            top_k: How many classes to return, from 1 to 20.
+
+        Returns:
+            The top classes with their probabilities, and the inference time.
+        """
+        # Unprocessed event payload (preprocess=False): an unreadable file reaches our checks and gets
+        # their message, instead of Gradio's own decoding error naming a temporary path.
+        image_path = image.get("path") if isinstance(image, dict) else image
         if not image_path:
-            raise gr.Error("Upload an image, take one with the webcam, or click an example first.")
+            raise user_error("Upload an image, take one with the webcam, or click an example first.")
         started = time.perf_counter()
         try:
-            predictions = runtime.classify_file(image_path, int(top_k))
+            if admission is None:
+                predictions = runtime.classify_file(image_path, int(top_k))
+            else:  # the same in-flight bound as the API (space/admission.py)
+                predictions = admission.run_sync(runtime.classify_file, image_path, int(top_k))
+        except (Overloaded, DeadlineExceeded, NotReady) as error:
+            raise user_error(str(error)) from None
         except UserError as error:
-            raise gr.Error(error.message) from None
-        except NotReady as error:
-            raise gr.Error(str(error)) from None
+            raise user_error(error.message) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
         return {p.label: p.score for p in predictions}, f"Inference time: {elapsed_ms:.0f} ms"
 
-    revision = f" (revision `{settings.model_revision}`)" if settings.model_revision else ""
-    examples = [[str(path), settings.top_k] for path in find_examples(settings.examples_dir)]
-    return gr.Interface(
-        fn=classify,
-        inputs=[
-            gr.Image(
-                type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Image"
-            ),
-            gr.Slider(
-                1,
-                MAX_CLASSES_SHOWN,
-                value=min(settings.top_k, MAX_CLASSES_SHOWN),
-                step=1,
-                label="Classes to show",
-            ),
-        ],
-        outputs=[gr.Label(label="Top classes"), gr.Markdown(elem_id="inference-time")],
-        examples=examples,
-        cache_examples=False,
-        title="Image Classification with Vision Transformers",
-        description=(
-            f"Upload an image to classify it with **{settings.model}**{revision}, running inside this app: "
-            "no outside service is called."
-        ),
-        flagging_mode="never",
-        api_name="classify",
-        analytics_enabled=False,
-    )
+    examples = find_examples(settings.examples_dir)
+    with gr.Blocks(title="Image Classification with Vision Transformers", analytics_enabled=False) as page:
+        gr.Markdown("# Image Classification with Vision Transformers")
+        summary = gr.Markdown(model_summary(runtime), elem_id="model-summary")
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                image = gr.Image(
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "webcam", "clipboard"],
+                    label="Image",
+                    elem_id="image",
+                )
+                top_k = gr.Slider(
+                    1,
+                    MAX_CLASSES_SHOWN,
+                    value=min(settings.top_k, MAX_CLASSES_SHOWN),
+                    step=1,
+                    label="Classes to show",
+                    elem_id="top-k",
+                )
+                submit = gr.Button("Classify", variant="primary", elem_id="classify")
+            with gr.Column():
+                label = gr.Label(label="Top classes", elem_id="top-classes")
+                timing = gr.Markdown(elem_id="inference-time")
+        picked = gr.Examples(
+            [[str(path)] for path in examples],
+            inputs=[image],
+            label="Examples (click one to classify it)",
+            cache_examples=False,
+            examples_per_page=24,
+            api_visibility="private",
+        )
+        # Private: page furniture, not a tool for API or MCP clients.
+        page.load(lambda: model_summary(runtime), None, summary, api_visibility="private", queue=False)
+        outputs = [label, timing]
+        submit.click(classify, [image, top_k], outputs, api_name="classify", preprocess=False)
+        picked.load_input_event.then(
+            classify, [image, top_k], outputs, preprocess=False, api_visibility="private"
+        )
+    return page

@@ -1,0 +1,164 @@
+"""The page as people use it: Debian's Chromium (headless, via Playwright) against the real server.
+
+Every request the page makes is recorded and must go to the loopback server: the page works offline.
+A screenshot with a result is saved under artifacts/ (``UPDATE_SCREENSHOT=1`` also refreshes
+docs/screenshot.png for the README).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from space.ui import find_examples
+from tests.conftest import PHOTOS, REPO, Photo, Server
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "artifacts"
+RESULT_TIMEOUT_MS = 60_000
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.is_file(), "Debian's chromium is needed: apt-get install -y chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+class RecordedPage:
+    """A page in its own context that records the URL of every request it makes."""
+
+    def __init__(self, page: Page, server: Server) -> None:
+        self.page = page
+        self.server = server
+        self.requests: list[str] = []
+        page.on("request", lambda request: self.requests.append(request.url))
+
+    def outside_requests(self) -> list[str]:
+        local = (self.server.url + "/", "data:", "blob:")
+        return [url for url in self.requests if not (url == self.server.url or url.startswith(local))]
+
+
+@pytest.fixture
+def open_page(browser: Browser, real_server: Server) -> Iterator[object]:
+    contexts = []
+
+    def open_(**context_options: object) -> RecordedPage:
+        context = browser.new_context(**context_options)  # type: ignore[arg-type]
+        contexts.append(context)
+        recorded = RecordedPage(context.new_page(), real_server)
+        recorded.page.goto(real_server.url, wait_until="networkidle")
+        return recorded
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def photo(photos: list[Photo], name: str) -> Photo:
+    return next(p for p in photos if p.path.name == name)
+
+
+def example_button(page: Page, name: str) -> Locator:
+    """The example thumbnail of ``name``: the server shows the photos folder, in the page's order."""
+    names = [path.name for path in find_examples(PHOTOS)]
+    return page.locator(".gallery-item").nth(names.index(name))
+
+
+def top_class(page: Page) -> str:
+    value = page.locator("#top-classes [data-testid='label-output-value']")
+    expect(value).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    return value.inner_text().strip()
+
+
+def shown_classes(page: Page) -> int:
+    return page.locator("#top-classes .confidence-set").count()
+
+
+def test_example_click_shows_top_class_model_and_time(open_page, photos: list[Photo]) -> None:
+    recorded = open_page(viewport={"width": 1280, "height": 900})
+    page = recorded.page
+    summary = page.locator("#model-summary").inner_text()
+    assert "efficientnet-lite0-imagenet" in summary and "revision" in summary, summary
+
+    example_button(page, "lion.jpg").click()
+    assert top_class(page) in photo(photos, "lion.jpg").accepted
+    expect(page.locator("#inference-time")).to_have_text(re.compile(r"Inference time: \d+ ms"))
+    expect(page.locator("#top-classes .confidence-set")).to_have_count(5)  # the configured default
+
+    # The slider chooses how many classes are shown.
+    page.locator("#top-k input[type='number']").fill("3")
+    page.locator("#top-k input[type='number']").press("Enter")
+    page.locator("#classify").click()
+    expect(page.locator("#top-classes .confidence-set")).to_have_count(3, timeout=RESULT_TIMEOUT_MS)
+    assert top_class(page) in photo(photos, "lion.jpg").accepted
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "screenshot.png"
+    page.screenshot(path=shot)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":  # the README's picture, palette PNG to keep it small
+        small = Image.open(shot).convert("RGB").quantize(colors=128)
+        small.save(REPO / "docs" / "screenshot.png", optimize=True)
+    assert recorded.outside_requests() == []
+
+
+def test_upload_from_disk(open_page, photos: list[Photo]) -> None:
+    recorded = open_page(viewport={"width": 1280, "height": 900})
+    page = recorded.page
+    zebra = photo(photos, "zebra.jpg")
+    page.locator("#image input[type='file']").set_input_files(zebra.path)
+    expect(page.locator("#image img")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    page.locator("#classify").click()
+    assert top_class(page) in zebra.accepted
+    expect(page.locator("#inference-time")).to_have_text(re.compile(r"Inference time: \d+ ms"))
+    assert recorded.outside_requests() == []
+
+
+def test_invalid_file_shows_readable_error(open_page, tmp_path: Path) -> None:
+    recorded = open_page(viewport={"width": 1280, "height": 900})
+    page = recorded.page
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is a text file, not a photo\n" * 20)
+    page.locator("#image input[type='file']").set_input_files(fake)
+    page.locator("#classify").click()
+    toast = page.locator("[data-testid='toast-body']").first
+    expect(toast).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    text = toast.inner_text()
+    assert re.search(r"image", text, re.IGNORECASE), text
+    for leak in ("Traceback", 'File "', "/tmp/", "Exception"):
+        assert leak not in text, text
+    expect(page.locator("#top-classes [data-testid='label-output-value']")).to_have_count(0)
+    assert recorded.outside_requests() == []
+
+
+def test_phone_viewport(open_page, photos: list[Photo]) -> None:
+    recorded = open_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = recorded.page
+    example_button(page, "orange.jpg").tap()
+    assert top_class(page) in photo(photos, "orange.jpg").accepted
+    # Nothing wider than the phone: no sideways scrolling, the result fits the screen.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    box = page.locator("#top-classes").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+    page.screenshot(path=ARTIFACTS / "screenshot-phone.png", full_page=True)
+    assert recorded.outside_requests() == []
