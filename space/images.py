@@ -26,13 +26,15 @@ class ImageLimits:
     max_pixels: int = 40_000_000
 
 
-def read_file(path: str | Path, limits: ImageLimits) -> Image.Image:
+def read_file(
+    path: str | Path, limits: ImageLimits, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode an image file from disk (the UI's uploads and the CLI) with the same checks as the API."""
     path = Path(path)
     size = path.stat().st_size
     if size > limits.max_bytes:
         raise TooLarge(_too_many_bytes(size, limits))
-    return decode(path.read_bytes(), limits)
+    return decode(path.read_bytes(), limits, draft_size)
 
 
 def decode(data: bytes, limits: ImageLimits, draft_size: tuple[int, int] | None = None) -> Image.Image:

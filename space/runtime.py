@@ -31,7 +31,9 @@ class Runtime:
         self._ready = threading.Event()
         # Decoding and preprocessing run in the server's request threads; bounding them keeps a burst of
         # large photos from starving the inference threads of CPU.
-        self._decoding = threading.BoundedSemaphore(settings.decode_threads or backends.available_cpus())
+        # Default: half the CPUs (at least one); decoding is short next to inference, even for 12 MP drafts.
+        decoders = settings.decode_threads or max(1, backends.available_cpus() // 2)
+        self._decoding = threading.BoundedSemaphore(decoders)
         self.batcher: Batcher | None = None
         self.draft_size: tuple[int, int] | None = None
         self.plan: dict[str, int] = {}

@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         5.0, ge=0, le=1000, description="Longest a request waits for others to share its batch, in ms."
     )
     decode_threads: int | None = Field(
-        None, ge=1, le=64, description="Images decoded and preprocessed at once (default: CPUs available)."
+        None, ge=1, le=64, description="Images decoded and preprocessed at once (default: half the CPUs)."
     )
 
     @property

@@ -1,0 +1,118 @@
+"""Request batching across users: concurrent requests share one backend call.
+
+Why: some backends (ONNX Runtime, PyTorch bf16) do more images per second per call with a batch than
+one image at a time. A request waits at most ``max_wait_ms`` for company, and only when another request
+could still join (a lone request on an idle server waits for nothing), so batching never slows a lone
+request by more than that bound. ``workers`` threads take batches from one queue; with a thread-safe
+backend (ONNX Runtime) they run at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class Batcher:
+    """Gathers ``submit`` calls from many threads into batches for ``run(batch) -> rows``."""
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        max_batch_size: int = 8,
+        max_wait_ms: float = 5.0,
+        workers: int = 1,
+    ) -> None:
+        self._run = run
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_wait = max(0.0, max_wait_ms) / 1000
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._idle = workers  # workers not running a batch: a lone request needs no waiting if one is free
+        self._lock = threading.Lock()
+        self.batches = 0  # counters, for tests and /metrics
+        self.items = 0
+        self._threads = [
+            threading.Thread(target=self._work, name=f"inference-{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, pixels: np.ndarray) -> np.ndarray:
+        """The backend's output row for one input (C, H, W); blocks until its batch has run."""
+        future: Future[np.ndarray] = Future()
+        self._queue.put((pixels, future))
+        return future.result()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            with self._lock:
+                self._idle -= 1
+            try:
+                batch = [first, *self._gather()]
+                stop = _STOP in batch
+                batch = [item for item in batch if item is not _STOP]
+                self._run_batch(batch)  # type: ignore[arg-type]
+            finally:
+                with self._lock:
+                    self._idle += 1
+            if stop:
+                return
+
+    def _gather(self) -> list[object]:
+        """More requests for this batch: those already queued, then those arriving within the wait bound.
+
+        It waits only if other requests are in flight (some worker is busy), since only then can company
+        be expected soon; an idle server answers a lone request at once.
+        """
+        items: list[object] = []
+        deadline = time.monotonic() + self.max_wait
+        while len(items) + 1 < self.max_batch_size:
+            try:
+                items.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            with self._lock:
+                others_busy = self._idle < len(self._threads) - 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not (others_busy or items):
+                break
+            try:
+                items.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+            if items[-1] is _STOP:
+                break
+        return items
+
+    def _run_batch(self, batch: list[tuple[np.ndarray, Future[np.ndarray]]]) -> None:
+        futures = [future for _, future in batch]
+        try:
+            rows = self._run(np.stack([pixels for pixels, _ in batch]))
+        except BaseException as error:
+            for future in futures:
+                future.set_exception(error)
+            return
+        self.batches += 1
+        self.items += len(batch)
+        for future, row in zip(futures, rows, strict=True):
+            future.set_result(row)

@@ -1,0 +1,413 @@
+"""``python -m space bench``: serving speed of this app against the naive baseline, over HTTP, in one run.
+
+Why a script and not a test: speed depends on the machine and its load, so it is measured and reported
+(docs/performance.md), never asserted. Both servers run as separate processes on loopback, on the same
+model, one after the other, driven by the same client threads; the numbers that matter are the ratios
+within one run.
+
+The baseline is ``transformers.pipeline("image-classification")`` behind a plain FastAPI endpoint that
+takes the raw image bytes (the same HTTP contract as our ``POST /predict``). It is the tutorial's design
+without Gradio's queue in front, so it is a little *faster* than the tutorial's ``gr.Interface`` and the
+ratios are conservative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+CLIENTS = (1, 4, 16)
+SIZES = {"640x480": (640, 480), "12MP": (4000, 3000)}
+
+
+@dataclass
+class Cell:
+    """One server x image size x client count measurement."""
+
+    server: str
+    image: str
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    peak_rss_mb: float
+
+
+# --- Model and images -----------------------------------------------------------------------------------
+
+
+def make_vit_b16(folder: Path) -> Path:
+    """ViT-B/16 (ViTConfig defaults: 224x224, 16x16 patches, 12 layers of 768) with random weights."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    labels = {i: f"class {i}" for i in range(1000)}
+    config = ViTConfig(num_labels=1000, id2label=labels, label2id={v: k for k, v in labels.items()})
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor().save_pretrained(folder)
+    return folder
+
+
+def vit_gflop(model_dir: Path) -> float:
+    """Forward-pass cost of a ViT per image, in GFLOP (2 per multiply-add): 35.1 for ViT-B/16 at 224."""
+    config = json.loads((model_dir / "config.json").read_text())
+    size, patch = config.get("image_size", 224), config.get("patch_size", 16)
+    dim, mlp = config.get("hidden_size", 768), config.get("intermediate_size", 3072)
+    layers = config.get("num_hidden_layers", 12)
+    patches = (size // patch) ** 2
+    tokens = patches + 1
+    embed = patches * dim * 3 * patch * patch
+    per_layer = tokens * (4 * dim * dim + 2 * dim * mlp) + 2 * tokens * tokens * dim
+    head = dim * config.get("num_labels", len(config.get("id2label", {})) or 2)
+    return 2 * (embed + layers * per_layer + head) / 1e9
+
+
+def make_jpeg(size: tuple[int, int], seed: int = 0) -> bytes:
+    """A photo-like JPEG (smooth shapes plus grain), so decoding costs what a camera photo costs."""
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    small = small.filter(ImageFilter.GaussianBlur(2))
+    grain = rng.normal(0, 6, (size[1], size[0], 3))
+    pixels = np.clip(np.asarray(small, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def measure_peak_gflops(seconds: float = 1.0) -> dict[str, float]:
+    """Matrix-multiply throughput of this CPU with PyTorch, fp32 and bf16, all threads, best of a few
+    windows: the practical hardware limit (a little under the theoretical peak; lower on a busy machine)."""
+    import torch
+
+    from space.backends import available_cpus
+
+    torch.set_num_threads(available_cpus())
+    n, result = 2048, {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(2):
+            torch.mm(a, b)
+        best = 0.0
+        for _ in range(3):
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds / 3:
+                torch.mm(a, b)
+                count += 1
+            best = max(best, 2 * n**3 * count / (time.perf_counter() - started) / 1e9)
+        result[name] = round(best, 1)
+    return result
+
+
+# --- Servers --------------------------------------------------------------------------------------------
+
+BASELINE = """
+import io, sys
+from fastapi import FastAPI, Request
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from transformers import pipeline
+import uvicorn
+
+classify = pipeline("image-classification", model=sys.argv[1])
+app = FastAPI()
+
+@app.get("/readyz")
+def ready():
+    return {"status": "ready"}
+
+@app.post("/predict")
+async def predict(request: Request):
+    data = await request.body()
+    return await run_in_threadpool(classify, Image.open(io.BytesIO(data)), top_k=5)
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A server subprocess on a loopback port, with its peak RSS read from /proc."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with log.open("w") as handle:
+            self.process = subprocess.Popen(
+                [*command, str(self.port)] if name == "baseline" else command,
+                env={**env, "SPACE_PORT": str(self.port)},
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM: the most resident memory the server process has used so far."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# --- Load generation ------------------------------------------------------------------------------------
+
+
+def drive(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], int, float]:
+    """``clients`` threads POSTing ``body`` back to back for ``seconds``: (latencies in s, errors, wall)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def client() -> None:
+        with httpx.Client(timeout=120) as http:
+            start.wait()
+            while time.perf_counter() < stop_at[0]:
+                began = time.perf_counter()
+                try:
+                    ok = (
+                        http.post(
+                            f"{url}/predict", content=body, headers={"content-type": "image/jpeg"}
+                        ).status_code
+                        == 200
+                    )
+                except httpx.HTTPError:
+                    ok = False
+                took = time.perf_counter() - began
+                with lock:
+                    latencies.append(took)
+                    errors[0] += not ok
+
+    with httpx.Client(timeout=120) as http:  # one warm request: connection set-up and first-call costs
+        http.post(f"{url}/predict", content=body, headers={"content-type": "image/jpeg"})
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    stop_at[0] = time.perf_counter() + 3600
+    start.wait()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds
+    for thread in threads:
+        thread.join()
+    return latencies, errors[0], time.perf_counter() - began
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def run_cells(
+    server: Process, images: dict[str, bytes], clients: Sequence[int], seconds: float
+) -> list[Cell]:
+    cells = []
+    for image_name, body in images.items():
+        for count in clients:
+            latencies, errors, wall = drive(server.url, body, count, seconds)
+            ok = len(latencies) - errors
+            cells.append(
+                Cell(
+                    server=server.name,
+                    image=image_name,
+                    clients=count,
+                    requests=len(latencies),
+                    errors=errors,
+                    seconds=round(wall, 2),
+                    images_per_s=round(ok / wall, 2),
+                    p50_ms=round(1000 * percentile(latencies, 50), 1),
+                    p95_ms=round(1000 * percentile(latencies, 95), 1),
+                    p99_ms=round(1000 * percentile(latencies, 99), 1),
+                    peak_rss_mb=server.peak_rss_mb(),
+                )
+            )
+            print(f"  {_row(cells[-1])}", file=sys.stderr, flush=True)
+    return cells
+
+
+# --- Report ---------------------------------------------------------------------------------------------
+
+HEADER = (
+    "| server | image | clients | images/s | p50 ms | p95 ms | p99 ms | errors | peak RSS MB "
+    "| x baseline | % fp32 limit | % bf16 limit |"
+)
+
+
+def _row(cell: Cell, baseline: Cell | None = None, limits: dict[str, float] | None = None) -> str:
+    ratio = f"{cell.images_per_s / baseline.images_per_s:.2f}" if baseline and baseline.images_per_s else "-"
+    shares = [
+        f"{100 * cell.images_per_s / limits[key]:.0f}%" if limits and limits.get(key) else "-"
+        for key in ("fp32", "bf16")
+    ]
+    return (
+        f"| {cell.server} | {cell.image} | {cell.clients} | {cell.images_per_s:.1f} | {cell.p50_ms:.0f} "
+        f"| {cell.p95_ms:.0f} | {cell.p99_ms:.0f} | {cell.errors} | {cell.peak_rss_mb:.0f} | {ratio} "
+        f"| {shares[0]} | {shares[1]} |"
+    )
+
+
+def report(cells: list[Cell], limits: dict[str, float]) -> str:
+    baselines = {(c.image, c.clients): c for c in cells if c.server == "baseline"}
+    lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+    lines += [_row(c, baselines.get((c.image, c.clients)), limits) for c in cells]
+    return "\n".join(lines)
+
+
+# --- Entry point ----------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a few seconds per cell (a sanity check)")
+    parser.add_argument("--model", type=Path, help="model folder (default: ViT-B/16, random weights)")
+    parser.add_argument("--seconds", type=float, help="seconds per cell (default: 15, quick: 1.5)")
+    parser.add_argument(
+        "--clients", default=",".join(map(str, CLIENTS)), help="client counts, comma-separated"
+    )
+    parser.add_argument("--images", default=",".join(SIZES), help=f"image sizes from {', '.join(SIZES)}")
+    parser.add_argument("--no-baseline", action="store_true", help="measure this server only")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="extra setting for our server"
+    )
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    seconds = args.seconds or (1.5 if args.quick else 15.0)
+    clients = [int(c) for c in args.clients.split(",")]
+    sizes = [s.strip() for s in args.images.split(",")]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        print(f"error: unknown --images {unknown}; use {', '.join(SIZES)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="vit-space-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        model = args.model
+        if model is None:
+            print("building ViT-B/16 with random weights ...", file=sys.stderr, flush=True)
+            model = make_vit_b16(scratch / "vit-b16")
+        if not (model / "optimized.json").is_file():
+            model = _bake_copy(model, scratch / "baked")
+        images = {name: make_jpeg(SIZES[name]) for name in sizes}
+        limits_gflops = measure_peak_gflops(0.5 if args.quick else 2.0)
+        gflop = vit_gflop(model)
+        limits = {key: value / gflop for key, value in limits_gflops.items()}
+        env = {
+            **os.environ,
+            "SPACE_MODEL": str(model),
+            "SPACE_HOST": "127.0.0.1",
+            "SPACE_LOG_LEVEL": "warning",
+            "SPACE_REQUEST_LOG": "false",
+            "SPACE_MAX_UPLOAD_MB": "50",
+            "GRADIO_TEMP_DIR": str(scratch / "gradio"),
+            **dict(item.split("=", 1) for item in args.env),
+        }
+        cells: list[Cell] = []
+        runs = [("vit-space", [sys.executable, "-m", "space", "serve"])]
+        if not args.no_baseline:
+            runs.append(("baseline", [sys.executable, "-c", BASELINE, str(model)]))
+        info: dict[str, object] = {}
+        for name, command in runs:
+            server = Process(name, command, env, scratch / f"{name}.log")
+            try:
+                server.wait_ready()
+                if name == "vit-space":
+                    import httpx
+
+                    info = httpx.get(f"{server.url}/info", timeout=10).json().get("model", {})
+                print(f"{name}: measuring", file=sys.stderr, flush=True)
+                cells += run_cells(server, images, clients, seconds)
+            finally:
+                server.stop()
+    print(f"model: {model.name}, {gflop:.3g} GFLOP/image; served backend: {info.get('backend')}")
+    print(
+        f"hardware limit (measured matmul): fp32 {limits_gflops['fp32']} GFLOP/s = {limits['fp32']:.1f} "
+        f"images/s; bf16 {limits_gflops['bf16']} GFLOP/s = {limits['bf16']:.1f} images/s; "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+    )
+    print(report(cells, limits))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "cells": [asdict(c) for c in cells],
+                    "gflop": gflop,
+                    "peak_gflops": limits_gflops,
+                    "info": info,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def _bake_copy(model: Path, target: Path) -> Path:
+    """A copy of ``model`` with its optimised export (as the bake step makes), in the scratch folder."""
+    import shutil
+
+    from space.backends import export_optimized
+
+    print("exporting the optimised model (as the bake step does) ...", file=sys.stderr, flush=True)
+    shutil.copytree(model, target)
+    export_optimized(target, target)
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m space bench", description=__doc__)
+    add_arguments(parser)
+    return main_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Optimised backends: export, the accuracy guard, serving them, CPU allocation, and draft JPEG decoding.
+
+Real models throughout: the ImageNet model in ../shared for top-1 agreement on real photos, the tiny
+random ViT for the ViT code path and logit similarity.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from space import backends
+from space.backends import AccuracyError, OnnxBackend, TorchBf16Backend
+from space.classifier import TorchBackend
+from space.images import ImageLimits, decode
+from space.runtime import Runtime, draft_size
+from space.settings import Settings
+from tests.conftest import REPO, Photo, Server, make_tiny_vit
+
+# --- CPU allocation -----------------------------------------------------------------------------------
+
+
+def test_cgroup_v2_quota_is_read(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert backends.cgroup_cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert backends.cgroup_cpu_quota(tmp_path) is None
+
+
+def test_cgroup_v1_quota_is_read(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert backends.cgroup_cpu_quota(tmp_path) == 3.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert backends.cgroup_cpu_quota(tmp_path) is None
+
+
+def test_available_cpus_respects_affinity_and_quota() -> None:
+    import os
+
+    cpus = backends.available_cpus()
+    quota = backends.cgroup_cpu_quota()
+    assert 1 <= cpus <= len(os.sched_getaffinity(0))
+    if quota:
+        assert cpus <= max(1, -(-quota // 1))
+
+
+def test_candidates_follow_cpu_features() -> None:
+    assert backends.candidates({"avx512_vnni", "avx512_bf16"})[:2] == [
+        ("onnxruntime", "int8"),
+        ("torch", "bf16"),
+    ]
+    assert backends.candidates({"amx_bf16"})[0] == ("torch", "bf16")
+    assert backends.candidates(set())[0] == ("onnxruntime", "fp32")
+    assert backends.candidates(set())[-1] == ("torch", "fp32")  # the reference is always the last resort
+
+
+def test_unsupported_combinations_say_what_to_use() -> None:
+    with pytest.raises(backends.ModelUnavailable, match="int8 needs onnxruntime"):
+        backends.check_choice("torch", "int8")
+    with pytest.raises(backends.ModelUnavailable, match="fp32, int8"):
+        backends.check_choice("onnxruntime", "bf16")
+
+
+# --- Export and accuracy guard --------------------------------------------------------------------------
+
+
+def _copy(model: Path, target: Path) -> Path:
+    shutil.copytree(model, target)
+    return target
+
+
+def test_onnx_fp32_export_matches_torch_on_the_vit(tiny_vit: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_vit, tmp_path / "vit")
+    manifest_path = backends.export_optimized(model, model, "onnxruntime", "fp32")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["backend"] == "onnxruntime" and manifest["precision"] == "fp32"
+    assert manifest["guard"]["passed"] and manifest["guard"]["min_cosine"] > 0.9999
+    reference, _, size = backends._reference(model)
+    onnx = OnnxBackend(model / manifest["file"], "fp32")
+    for batch in (1, 3):  # the batch axis is dynamic: the batcher sends any size up to its maximum
+        pixels = backends.guard_inputs(size, batch)
+        np.testing.assert_allclose(onnx.logits(pixels), reference.logits(pixels), rtol=1e-3, atol=1e-4)
+
+
+def test_int8_keeps_top1_on_every_photo_with_the_real_model(
+    real_model: Path, photos: list[Photo], tmp_path: Path
+) -> None:
+    model = _copy(real_model, tmp_path / "real")
+    manifest = json.loads(
+        backends.export_optimized(model, model, "onnxruntime", "int8", [p.path for p in photos]).read_text()
+    )
+    guard = manifest["guard"]
+    assert guard["photos"] == len(photos) and guard["top1_agreement"] == 1.0, guard
+    assert guard["min_cosine"] >= backends.MIN_COSINE
+    # Served: `auto` picks the baked int8 model, and every photo still gets an accepted label.
+    runtime = Runtime(Settings(model=str(model)))
+    runtime.load()
+    assert runtime.info is not None and runtime.info.backend == "onnxruntime-int8"
+    for photo in photos:
+        top = runtime.classify_file(photo.path, 1)[0]
+        assert top.label in photo.accepted, (photo.path.name, top)
+
+
+def test_bf16_guard_on_the_real_model(real_model: Path, photos: list[Photo]) -> None:
+    reference, processor, size = backends._reference(real_model)
+    candidate = TorchBf16Backend(backends._load_torch(real_model))
+    report = backends.check_accuracy(reference, candidate, processor, size, [p.path for p in photos])
+    assert report.photos == len(photos) and report.inputs == backends.GUARD_INPUTS + len(photos)
+    assert report.top1_agreement == 1.0, report
+    assert report.passed == (report.min_cosine >= backends.MIN_COSINE)
+
+
+def test_guard_refuses_a_model_that_drifts(tiny_vit: Path, tmp_path: Path) -> None:
+    # A different set of weights for the same architecture: the guard must see it is not the same model.
+    other = make_tiny_vit(tmp_path / "other")
+    reference, processor, size = backends._reference(tiny_vit)
+    drifted = TorchBackend(backends._load_torch(other))
+    report = backends.check_accuracy(reference, drifted, processor, size)
+    assert not report.passed and report.min_cosine < backends.MIN_COSINE
+    # Through the export: an impossible bound is refused, and nothing is left behind to be served.
+    out = tmp_path / "out"
+    with pytest.raises(AccuracyError, match="beyond the bound"):
+        backends.export_optimized(tiny_vit, out, "onnxruntime", "int8", min_cosine=1.000001)
+    assert not list(out.glob("model-*.onnx")) and not (out / backends.OPTIMIZED_MANIFEST).exists()
+
+
+# --- Serving --------------------------------------------------------------------------------------------
+
+
+def _predict(server: Server, data: bytes) -> list[dict[str, object]]:
+    with server.client() as http:
+        response = http.post("/predict", content=data, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_server_serves_the_baked_onnx_model_like_torch(
+    server_factory: Callable[..., Server], tiny_vit: Path, tmp_path: Path, photos: list[Photo]
+) -> None:
+    model = _copy(tiny_vit, tmp_path / "vit")
+    backends.export_optimized(model, model, "onnxruntime", "fp32")
+    onnx = server_factory(model, env={"SPACE_TOP_K": "3"})
+    torch = server_factory(tiny_vit, env={"SPACE_TOP_K": "3", "SPACE_BACKEND": "torch"})
+    with onnx.client() as http:
+        assert http.get("/info").json()["model"]["backend"] == "onnxruntime-fp32"
+    data = photos[0].path.read_bytes()
+    got, want = _predict(onnx, data), _predict(torch, data)
+    assert [p["label"] for p in got] == [p["label"] for p in want]
+    np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], atol=1e-4)
+
+
+def test_server_exports_at_start_up_when_nothing_was_baked(
+    server_factory: Callable[..., Server], tiny_vit: Path, photos: list[Photo]
+) -> None:
+    server = server_factory(tiny_vit, env={"SPACE_BACKEND": "onnxruntime", "SPACE_PRECISION": "int8"})
+    with server.client() as http:
+        assert http.get("/info").json()["model"]["backend"] == "onnxruntime-int8"
+    assert len(_predict(server, photos[0].path.read_bytes())) >= 1
+    assert "exporting the model at start-up" in server.log()
+
+
+def test_an_impossible_backend_choice_fails_with_a_clear_line(tiny_vit: Path, photos: list[Photo]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "space", "predict", "--model", str(tiny_vit), str(photos[0].path)],
+        cwd=REPO,
+        env={**_env(), "SPACE_BACKEND": "torch", "SPACE_PRECISION": "int8"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "SPACE_PRECISION='int8' is not available with SPACE_BACKEND=torch" in result.stderr
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("SPACE_")}
+
+
+# --- Large photos: draft JPEG decoding ------------------------------------------------------------------
+
+
+def _jpeg(image: Image.Image, quality: int = 92) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_draft_decoding_keeps_top1_on_real_and_12mp_photos(real_model: Path, photos: list[Photo]) -> None:
+    runtime = Runtime(Settings(model=str(real_model), backend="torch", precision="fp32"))
+    runtime.load()
+    model = runtime.classifier
+    assert runtime.draft_size == draft_size(model.processor) and min(runtime.draft_size) >= 2 * 224
+    limits = ImageLimits(max_pixels=50_000_000)
+    samples = [(p.path.name, p.path.read_bytes(), p.accepted) for p in photos if p.path.suffix == ".jpg"]
+    with Image.open(next(p.path for p in photos if p.path.name == "lion.jpg")) as lion:
+        big = _jpeg(lion.convert("RGB").resize((4000, 3000), Image.LANCZOS))
+    samples.append(("lion-12mp.jpg", big, ("lion, king of beasts, Panthera leo",)))
+    drafted = decode(big, limits, runtime.draft_size)
+    assert drafted.width < 4000 and min(drafted.size) >= min(runtime.draft_size)  # really reduced
+    for name, data, accepted in samples:
+        full = model.classify([decode(data, limits)], 1)[0][0]
+        served = runtime.classify_bytes(data, 1)[0]
+        assert served.label == full.label, name
+        assert served.label in accepted, (name, served)

@@ -1,0 +1,65 @@
+"""The benchmark's quick mode runs end to end (both servers, every cell) and prints its table.
+
+Speed itself is never asserted here: it depends on the machine and its load (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+ROW = re.compile(
+    r"^\| (vit-space|baseline) \| (640x480|12MP) \| (\d+) \| [\d.]+ \| \d+ \| \d+ \| \d+ \| (\d+) \| \d+ "
+    r"\| ([\d.]+) \| \d+% \| \d+% \|$"
+)
+
+
+def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SPACE_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "space",
+            "bench",
+            "--quick",
+            "--model",
+            str(tiny_vit),
+            "--seconds",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("| server | image | clients | images/s | p50 ms") for line in lines)
+    assert "served backend: onnxruntime-int8" in result.stdout  # the bench bakes, as the bake step does
+    rows = [
+        ROW.match(line) for line in lines if line.startswith("| vit-space") or line.startswith("| baseline")
+    ]
+    assert len(rows) == 12 and all(rows), result.stdout
+    cells = {(m[1], m[2], int(m[3])) for m in rows if m}
+    assert cells == {
+        (s, i, c) for s in ("vit-space", "baseline") for i in ("640x480", "12MP") for c in (1, 4, 16)
+    }
+    assert all(
+        m[5] == "1.00" for m in rows if m and m[1] == "baseline"
+    )  # ratios are to the same cell's baseline
+    data = json.loads(out.read_text())
+    assert len(data["cells"]) == 12 and data["info"]["backend"] == "onnxruntime-int8"
+    for cell in data["cells"]:
+        assert cell["errors"] == 0 and cell["requests"] > 0 and cell["images_per_s"] > 0, cell
+        assert cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"], cell
+        assert cell["peak_rss_mb"] > 50, cell
