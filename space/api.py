@@ -17,7 +17,15 @@ from pydantic import BaseModel
 from starlette.formparsers import MultiPartParser
 
 from space import __version__
-from space.errors import BadImage, BadParameter, NotReady, TooLarge, UnsupportedMediaType, UserError
+from space.errors import (
+    BadImage,
+    BadParameter,
+    BodyTimeout,
+    NotReady,
+    TooLarge,
+    UnsupportedMediaType,
+    UserError,
+)
 from space.runtime import Runtime
 
 router = APIRouter()
@@ -84,7 +92,7 @@ def info(runtime: RuntimeDep) -> dict[str, Any]:
     "/predict",
     tags=["inference"],
     response_model=list[Label],
-    responses={code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)},
+    responses={code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503, 504)},
     openapi_extra={
         "requestBody": {
             "description": ACCEPTED,
@@ -122,12 +130,19 @@ async def predict(
         raise NotReady("The model is still loading; retry in a few seconds.")
     image, body_top_k = await read_image(request, runtime.limits.max_bytes)
     k = parse_top_k(top_k if top_k is not None else body_top_k)
-    predictions = await anyio.to_thread.run_sync(runtime.classify_bytes, image, k)
+    # Admission control (space/admission.py): bounded in flight, 503 when full, 504 past the time limit.
+    predictions = await request.app.state.admission.run(runtime.classify_bytes, image, k)
     return [{"label": p.label, "score": p.score} for p in predictions]
 
 
 async def read_image(request: Request, max_bytes: int) -> tuple[bytes, object]:
     """The image bytes and any ``top_k`` from the body, whichever of the three forms it has."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # never inflate a client's compressed body (gzip bombs)
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not accepted. Send the image file as it is: image formats "
+            "are already compressed."
+        )
     content_type = request.headers.get("content-type", "application/octet-stream").lower()
     media_type = content_type.split(";")[0].strip()
     if media_type.startswith(RAW_TYPES) or not media_type:
@@ -147,11 +162,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise TooLarge(_too_large(int(declared), limit))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(_too_large(size, limit))
-        chunks.append(chunk)
+    timeout = request.app.state.runtime.settings.body_timeout_s
+    try:
+        with anyio.fail_after(timeout):  # a stalled upload must not hold the request open forever
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(_too_large(size, limit))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"The upload did not finish within {timeout:g} s ({size:,} bytes received). "
+            "Check the connection and send the whole file again."
+        ) from None
     body = b"".join(chunks)
     request._body = body  # lets Starlette's form parser read the same bytes
     return body
@@ -161,7 +184,7 @@ def parse_json(body: bytes) -> tuple[bytes, object]:
     """``{"inputs": "<base64>", "parameters": {"top_k": N}}`` -> (image bytes, top_k)."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting ([[[[...]]]])
         raise BadImage(f"The body is not valid JSON. Send {ACCEPTED}.") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), str):
         raise BadParameter('The JSON body needs "inputs": a base64-encoded image as a string.')

@@ -20,7 +20,7 @@ import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
 from space import __version__, api, logs, metrics  # noqa: E402
-from space.admission import Admission  # noqa: E402
+from space.admission import DEFAULT_WORKERS, Admission  # noqa: E402
 from space.admission import install_handlers as install_admission_handlers  # noqa: E402
 from space.runtime import Runtime  # noqa: E402
 from space.security import install_security, ui_credentials  # noqa: E402
@@ -41,7 +41,9 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         if on_load_failure:
             on_load_failure(message)
 
-    admission = Admission(settings.max_in_flight, settings.request_timeout_s)
+    # Enough admission threads to fill a batch (they mostly wait on the batcher, not the GIL).
+    workers = max(DEFAULT_WORKERS, settings.max_batch_size)
+    admission = Admission(settings.max_in_flight, settings.request_timeout_s, workers=workers)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -37,6 +37,12 @@ class BadParameter(UserError):
     status_code = 422
 
 
+class BodyTimeout(UserError):
+    """The upload did not arrive within the body time limit (a stalled or very slow client)."""
+
+    status_code = 408
+
+
 class NotReady(Exception):
     """The model is still loading; the client should retry shortly (503)."""
 
