@@ -29,21 +29,28 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
+# binutils: only to strip torch's shared libraries below; this stage is not shipped.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/*
 # torch first, from the CPU index, so the app's `torch>=2.4` pulls nothing (and no CUDA libraries).
 RUN python -m venv /opt/venv \
  && pip install "torch==${TORCH_VERSION}" \
  && python -c "import torch; assert torch.version.cuda is None, 'a CUDA build of torch was installed'"
 WORKDIR /src
 # Then the app's dependencies (a layer that survives app-code changes), then the app itself. Trimmed
-# (~300 MB, none of it used at run time): torch's C++ headers and C++ test binaries (torch_shm_manager
-# stays), the test suites of numpy/pandas/sympy, the bytecode of the ~400 transformers model packages
-# (only the one served is ever imported; it compiles in milliseconds), and pip itself.
+# (~400 MB, none of it used at run time): torch's C++ headers and C++ test binaries (torch_shm_manager
+# stays), the symbol tables of torch's libraries (strip --strip-unneeded: ~95 MB), the test suites of
+# numpy/pandas/sympy, the bytecode of the ~400 transformers model packages (only the one served is
+# imported; it compiles in milliseconds), Gradio's Node SSR bundle (no Node here; SSR is off), and pip.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
       > /tmp/requirements.txt \
  && pip install --requirement /tmp/requirements.txt \
  && sp="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && rm -rf "$sp/torch/include" "$sp/torch/test" "$sp/pandas/tests" \
+ && rm -rf "$sp/torch/include" "$sp/torch/test" "$sp/pandas/tests" "$sp/gradio/templates/node" \
+ && strip --strip-unneeded "$sp"/torch/lib/*.so* \
  && find "$sp/torch/bin" -type f ! -name torch_shm_manager -delete \
  && find "$sp/numpy" "$sp/sympy" -type d -name tests -prune -exec rm -rf {} + \
  && find "$sp/transformers/models" -mindepth 2 -maxdepth 2 -name __pycache__ ! -path '*/models/auto/*' \
@@ -60,6 +67,10 @@ ARG MODEL_ID=google/vit-base-patch16-224
 ARG MODEL_REVISION=3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3
 # Copy example images from this folder (e.g. /mnt/examples-src) instead of downloading them.
 ARG EXAMPLES_FROM=
+# Also export a faster serving backend, accuracy-checked (python -m space bake --optimize): none, auto,
+# onnxruntime or torch. `auto` picks by the *build* machine's CPU; an ONNX fp32 file adds the model's size.
+ARG OPTIMIZE=none
+ARG OPTIMIZE_PRECISION=auto
 COPY examples/ /src/examples/
 # The Hub token exists only during this RUN, as the BuildKit secret `hf_token`; bake never writes it.
 RUN --mount=type=secret,id=hf_token \
@@ -68,6 +79,7 @@ RUN --mount=type=secret,id=hf_token \
     python -m space bake --model "$MODEL_ID" --revision "$MODEL_REVISION" \
       --output /opt/space/model \
       --examples-manifest /src/examples/manifest.json --examples-dir /opt/space/examples \
+      --optimize "$OPTIMIZE" --precision "$OPTIMIZE_PRECISION" \
       --token-file /run/secrets/hf_token ${EXAMPLES_FROM:+--examples-from "$EXAMPLES_FROM"}
 
 # ---- runtime: the venv, the baked model and examples; no compilers, pip, caches or tests -------------
@@ -86,6 +98,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     TRANSFORMERS_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     GRADIO_ANALYTICS_ENABLED=False \
+    GRADIO_SSR_MODE=False \
     SPACE_HOST=0.0.0.0 \
     SPACE_PORT=7860 \
     SPACE_MODEL=/opt/space/model \

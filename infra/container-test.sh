@@ -104,7 +104,7 @@ if [[ "$ENGINE" == podman ]]; then
   say "build: ${build[*]} $ROOT"
   t0=$SECONDS
   set +e
-  "${build[@]}" "$ROOT" 2>&1 | tee "$WORK/build.log" | grep --line-buffered -E '^(STEP|COMMIT|bake:|[a-z_0-9]+\.(jpg|png):)'
+  "${build[@]}" "$ROOT" 2>&1 | tee "$WORK/build.log" | grep --line-buffered -E '^(\[[0-9]+/[0-9]+\] )?STEP|^(COMMIT|bake:)|^[a-z_0-9]+\.(jpg|png):'
   rc=${PIPESTATUS[0]}
   set -e
   ((rc == 0)) || { tail -n 40 "$WORK/build.log"; fail "podman build (exit $rc)"; }

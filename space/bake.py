@@ -228,6 +228,18 @@ def prove(model_dir: Path, examples_dir: Path | None, examples: Sequence[Example
     return len(id2label), results
 
 
+def optimize_model(model_dir: Path, backend: str, precision: str, photos: Sequence[Path]) -> None:
+    """Export and accuracy-check the serving backend in ``model_dir`` (writes ``optimized.json``)."""
+    from space.backends import export_optimized  # onnx/onnxruntime load only when asked
+
+    try:
+        path = export_optimized(model_dir, model_dir, backend=backend, precision=precision, photos=photos)
+    except Exception as exc:
+        raise BakeError(f"optimising ({backend}, {precision}) failed: {type(exc).__name__}: {exc}") from None
+    choice = json.loads(path.read_text(encoding="utf-8"))
+    _log(f"optimised: serving {choice.get('backend')} {choice.get('precision')} ({choice.get('file')})")
+
+
 def _versions() -> dict[str, str]:
     names = ("torch", "transformers", "huggingface_hub", "safetensors", "pillow")
     found = {}
@@ -247,8 +259,14 @@ def bake(
     examples_dir: Path | None = None,
     examples_from: Path | None = None,
     token_file: Path | None = None,
+    optimize: str = "none",
+    precision: str = "auto",
 ) -> dict[str, Any]:
-    """Fetch, verify and describe a model in ``output``; returns the manifest it wrote."""
+    """Fetch, verify and describe a model in ``output``; returns the manifest it wrote.
+
+    ``optimize`` other than ``none`` also exports the faster backend the app serves (``space.backends``:
+    ONNX Runtime or bf16, checked against fp32 by its accuracy guard) into ``output``.
+    """
     if output.exists() and any(output.iterdir()):
         raise BakeError(f"output folder is not empty: {output}")
     local, revision = is_local(model), revision or None
@@ -272,6 +290,8 @@ def bake(
             examples = gather_examples(examples_manifest, examples_dir, examples_from)
             _log(f"{len(examples)} example image(s) in {examples_dir}")
         num_labels, results = prove(output, examples_dir, examples)
+        if optimize != "none":
+            optimize_model(output, optimize, precision, [examples_dir / e.file for e in examples])
     except BaseException:
         shutil.rmtree(output, ignore_errors=True)
         raise
@@ -305,6 +325,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file", type=Path, default=None, help="file holding a Hub token (else HF_TOKEN is used)"
     )
+    parser.add_argument(
+        "--optimize",
+        choices=("none", "auto", "onnxruntime", "torch"),
+        default="none",
+        help="also export a faster serving backend, accuracy-checked (auto: fastest on THIS machine's CPU)",
+    )
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "int8", "bf16"), default="auto", help="with --optimize"
+    )
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -318,6 +347,8 @@ def main_from_args(args: argparse.Namespace) -> int:
             examples_dir=args.examples_dir,
             examples_from=args.examples_from,
             token_file=args.token_file,
+            optimize=getattr(args, "optimize", "none"),
+            precision=getattr(args, "precision", "auto"),
         )
     except BakeError as exc:
         raise SystemExit(f"bake: error: {exc}") from None

@@ -215,3 +215,20 @@ def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_fromEnv")
     assert bake.read_token(tmp_path / "tok") == "hf_fromFile"
     assert bake.read_token(None) == "hf_fromEnv"
+
+
+@pytest.mark.slow
+def test_optimize_records_the_serving_choice(tmp_path: Path) -> None:
+    """--optimize runs space.backends' export + accuracy guard; its files are in the bake manifest."""
+    manifest = bake.bake(str(MODEL_SRC), tmp_path / "out", optimize="torch", precision="fp32")
+    chosen = json.loads((tmp_path / "out" / "optimized.json").read_text())
+    assert (chosen["backend"], chosen["precision"]) == ("torch", "fp32")
+    assert "optimized.json" in [f["name"] for f in manifest["files"]]
+
+
+def test_impossible_optimization_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        args = ["--model", str(MODEL_SRC), "--output", str(tmp_path / "out")]
+        bake.main([*args, "--optimize", "torch", "--precision", "int8"])
+    assert "optimising (torch, int8) failed" in str(exc.value.code)
+    assert not (tmp_path / "out").exists()
