@@ -2,7 +2,7 @@
 #
 #   docker build -t vit-space .                                   # google/vit-base-patch16-224, pinned
 #   docker build --build-arg MODEL_ID=org/model --build-arg MODEL_REVISION=<sha> \
-#     --secret id=hf_token,env=HF_TOKEN -t vit-space .            # gated/private model: token as a secret
+#     --secret id=HF_TOKEN,env=HF_TOKEN -t vit-space .            # gated/private model: token as a secret
 #
 # A local model folder instead of a Hub id (air-gapped builds; what infra/container-test.sh does):
 #   docker build --build-context model-src=path/to/model --build-arg MODEL_ID=/mnt/model-src \
@@ -72,15 +72,15 @@ ARG EXAMPLES_FROM=
 ARG OPTIMIZE=none
 ARG OPTIMIZE_PRECISION=auto
 COPY examples/ /src/examples/
-# The Hub token exists only during this RUN, as the BuildKit secret `hf_token`; bake never writes it.
-RUN --mount=type=secret,id=hf_token \
+# The Hub token exists only during this RUN, as the BuildKit secret `HF_TOKEN`; bake never writes it.
+RUN --mount=type=secret,id=HF_TOKEN \
     --mount=type=bind,from=model-src,target=/mnt/model-src \
     --mount=type=bind,from=examples-src,target=/mnt/examples-src \
     python -m space bake --model "$MODEL_ID" --revision "$MODEL_REVISION" \
       --output /opt/space/model \
       --examples-manifest /src/examples/manifest.json --examples-dir /opt/space/examples \
       --optimize "$OPTIMIZE" --precision "$OPTIMIZE_PRECISION" \
-      --token-file /run/secrets/hf_token ${EXAMPLES_FROM:+--examples-from "$EXAMPLES_FROM"}
+      --token-file /run/secrets/HF_TOKEN ${EXAMPLES_FROM:+--examples-from "$EXAMPLES_FROM"}
 
 # ---- runtime: the venv, the baked model and examples; no compilers, pip, caches or tests -------------
 FROM ${BASE_IMAGE} AS runtime
@@ -100,7 +100,6 @@ ENV VIRTUAL_ENV=/opt/venv \
     GRADIO_ANALYTICS_ENABLED=False \
     GRADIO_SSR_MODE=False \
     SPACE_HOST=0.0.0.0 \
-    SPACE_PORT=7860 \
     SPACE_MODEL=/opt/space/model \
     SPACE_EXAMPLES_DIR=/opt/space/examples
 USER 1000

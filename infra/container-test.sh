@@ -88,7 +88,7 @@ if [[ "$ENGINE" == podman ]]; then
     --build-context "model-src=$MODEL_DIR" --build-arg MODEL_ID=/mnt/model-src --build-arg MODEL_REVISION=
     --build-context "examples-src=$PHOTOS" --build-arg EXAMPLES_FROM=/mnt/examples-src
     --build-arg "VCS_REF=$(git -C "$ROOT" rev-parse HEAD)"
-    --secret "id=hf_token,src=$WORK/hf_token")
+    --secret "id=HF_TOKEN,src=$WORK/hf_token")
   # The host's CA bundle (TLS proxy) and local wheels, as ../shared/container/README.md describes.
   ca=/etc/ssl/certs/ca-certificates.crt
   if [[ -f "$ca" ]]; then
@@ -130,7 +130,7 @@ elif [[ "$ENGINE" == docker ]]; then
     say "build $IMAGE (Hub model, pinned revision)"
     t0=$SECONDS
     secret=()
-    [[ -n "${HF_TOKEN:-}" ]] && secret=(--secret "id=hf_token,env=HF_TOKEN")
+    [[ -n "${HF_TOKEN:-}" ]] && secret=(--secret "id=HF_TOKEN,env=HF_TOKEN")
     DOCKER_BUILDKIT=1 docker build "${secret[@]}" --build-arg "VCS_REF=$(git -C "$ROOT" rev-parse HEAD)" \
       -t "$IMAGE" "$ROOT" || fail "docker build"
     BUILD_S=$((SECONDS - t0))
@@ -162,7 +162,10 @@ hc = (cfg.get("Healthcheck") or {}).get("Test") or []
 if not hc or "/healthz" not in " ".join(hc) or "curl" in " ".join(hc):
     problems.append(f"no python HEALTHCHECK on /healthz: {hc}")
 want = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-        "SPACE_HOST": "0.0.0.0", "SPACE_PORT": "7860"}
+        "SPACE_HOST": "0.0.0.0"}
+# The port is 7860 by default; a host's PORT (Cloud Run and similar) must not be shadowed by SPACE_PORT.
+if "SPACE_PORT" in env:
+    problems.append("Env sets SPACE_PORT, which would shadow a host-injected PORT")
 problems += [f"Env {k}={env.get(k)!r}, want {v!r}" for k, v in want.items() if env.get(k) != v]
 problems += [f"Env has {k}" for k in env if "TOKEN" in k.upper()]
 if cfg.get("Cmd") != ["python", "-m", "space", "serve"]:
@@ -240,7 +243,7 @@ EOF
 t_start=$(date +%s.%N)
 if [[ "$ENGINE" == podman ]]; then
   # No network isolation with buildah: the server is on the host's network (its loopback port).
-  buildah run --isolation=chroot --env "SPACE_PORT=$PORT" --env "PORT=$PORT" \
+  buildah run --isolation=chroot --env "PORT=$PORT" \
     "$CTR" -- "${CMD[@]}" >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
 else
@@ -290,7 +293,7 @@ print("\n".join(test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]]))
 EOF
 )
 if [[ "$ENGINE" == podman ]]; then
-  buildah run --isolation=chroot --env "SPACE_PORT=$PORT" --env "PORT=$PORT" "$CTR" -- "${HC[@]}" \
+  buildah run --isolation=chroot --env "PORT=$PORT" "$CTR" -- "${HC[@]}" \
     || fail "the HEALTHCHECK command failed against a ready server"
 else
   docker exec "$CID" "${HC[@]}" || fail "the HEALTHCHECK command failed against a ready server"

@@ -10,7 +10,7 @@
 # Engines: docker buildx (default; multi-arch builds push straight from the builder) or podman
 # (multi-arch through a manifest list). Log in first (`docker login ghcr.io` / `podman login`).
 # Build args: MODEL_ID, MODEL_REVISION (env or flags). A Hub token for gated/private models is
-# passed only as the BuildKit secret `hf_token`, from the HF_TOKEN environment variable.
+# passed only as the BuildKit secret `HF_TOKEN`, from the HF_TOKEN environment variable.
 set -euo pipefail
 
 usage() {
@@ -111,7 +111,7 @@ BUILD_ARGS=()
 for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST; do
   [[ -n "${!var:-}" ]] && BUILD_ARGS+=(--build-arg "$var=${!var}")
 done
-[[ -n "${HF_TOKEN:-}" ]] && BUILD_ARGS+=(--secret "id=hf_token,env=HF_TOKEN")
+[[ -n "${HF_TOKEN:-}" ]] && BUILD_ARGS+=(--secret "id=HF_TOKEN,env=HF_TOKEN")
 CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 # VCS_REF / SOURCE_URL: the Dockerfile's OCI labels (revision, source).
 BUILD_ARGS+=(

@@ -349,7 +349,7 @@ def test_push_dry_run_podman(expected_tags: list[str]) -> None:
     assert res.returncode == 0, res.stderr
     cmds = commands(res.stdout)
     assert cmds[0][:2] == ["podman", "build"]
-    assert "id=hf_token,env=HF_TOKEN" in cmds[0]  # the token only as a build secret
+    assert "id=HF_TOKEN,env=HF_TOKEN" in cmds[0]  # the token only as a build secret
     assert "hf_x" not in res.stdout
     pushes = [c for c in cmds if c[:2] == ["podman", "push"]]
     assert [p[2] for p in pushes] == [f"quay.io/someone/vit-space:{t}" for t in expected_tags]

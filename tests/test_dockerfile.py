@@ -50,7 +50,7 @@ def test_dockerfile_promises() -> None:
     assert "ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     assert "ARG MODEL_ID=google/vit-base-patch16-224" in text
     assert re.search(r"^ARG MODEL_REVISION=[0-9a-f]{40}$", text, re.M)
-    assert "--mount=type=secret,id=hf_token" in text
+    assert "--mount=type=secret,id=HF_TOKEN" in text
     assert not re.search(r"^(ARG|ENV)\s+\S*TOKEN", text, re.M | re.I), "a token must never be an ARG/ENV"
     runtime = text[text.rindex("FROM ") :]
     for env in (
