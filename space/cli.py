@@ -42,6 +42,9 @@ def serve(args: argparse.Namespace) -> int:
     """Start the web app; exits non-zero with one clear line if the model cannot be loaded."""
     settings = settings_from(args, SERVE_FIELDS)
     configure_logging(settings)
+    from space.memory import limit_fragmentation
+
+    limit_fragmentation()  # before any thread starts: keeps RSS flat under load (see space/memory.py)
     import uvicorn
 
     from space.app import create_app
