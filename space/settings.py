@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         description="Largest accepted image, in pixels (guards against decompression bombs).",
     )
     threads: int | None = Field(
-        None, ge=1, le=512, description="Inference threads (default: CPUs available)."
+        None, ge=1, le=512, description="Threads per inference call (default: CPUs available, cgroup quota)."
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level."

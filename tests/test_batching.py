@@ -138,13 +138,12 @@ def test_concurrent_http_requests_match_one_at_a_time(
 def test_workers_and_threads_follow_the_cpu_budget(tiny_vit: Path) -> None:
     import torch
 
-    runtime = Runtime(Settings(model=str(tiny_vit), backend="torch", threads=2))
-    runtime.load()
-    assert runtime.plan == {"workers": 1, "threads": 2, "cpus": 2}  # torch: one call at a time, all threads
-    assert torch.get_num_threads() == 2
-    runtime = Runtime(Settings(model=str(tiny_vit), backend="torch", threads=2, workers=2))
-    runtime.load()
-    assert runtime.plan == {"workers": 2, "threads": 1, "cpus": 2}  # the CPUs are split, not oversubscribed
+    cpus = backends.available_cpus()
     default = Runtime(Settings(model=str(tiny_vit), backend="torch"))
     default.load()
-    assert default.plan["cpus"] == backends.available_cpus()
+    assert default.plan == {"workers": 1, "threads": cpus, "cpus": cpus}  # torch: one call, all CPUs
+    assert torch.get_num_threads() == cpus
+    runtime = Runtime(Settings(model=str(tiny_vit), backend="torch", threads=1, workers=2))
+    runtime.load()
+    assert runtime.plan == {"workers": 2, "threads": 1, "cpus": cpus}
+    assert torch.get_num_threads() == 1

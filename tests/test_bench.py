@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 ROW = re.compile(
     r"^\| (vit-space|baseline) \| (640x480|12MP) \| (\d+) \| [\d.]+ \| \d+ \| \d+ \| \d+ \| (\d+) \| \d+ "
-    r"\| ([\d.]+) \| \d+% \| \d+% \|$"
+    r"\| ([\d.]+) \| \d+% \| \d+% \| (?:\d+%|-) \|$"
 )
 
 
