@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Photo, Server
+from tests.conftest import PHOTOS, Photo, Server
 from tests.hostile import corpus
 from tests.test_hostile import rss_bytes
 
@@ -174,3 +174,43 @@ def test_prediction_over_the_time_limit_gets_504_and_frees_its_slot(
         assert statuses[-1] == 504, f"the slot was never released: {statuses}"
         assert client.get("/healthz").status_code == 200
     assert server.process.poll() is None
+
+
+def test_ui_shares_the_admission_slots_and_says_busy(
+    server_factory: Callable[..., Server], tiny_vit: Path
+) -> None:
+    """With the one slot held by API requests, the UI answers 'busy' instead of queueing behind them,
+    and serves again once the API traffic stops."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    server = server_factory(tiny_vit, env={"SPACE_MAX_IN_FLIGHT": "1"})
+    upload = PHOTOS / "zebra.jpg"
+    ui = Client(server.url, verbose=False)
+    stop = threading.Event()
+
+    def keep_busy() -> None:
+        with server.client() as client:
+            while not stop.is_set():
+                client.post("/predict", content=big_png())
+
+    busy = threading.Thread(target=keep_busy)
+    busy.start()
+    outcomes = []
+    try:
+        time.sleep(0.5)
+        for _ in range(10):
+            try:
+                ui.predict(handle_file(upload), 3, api_name="/classify")
+                outcomes.append("ok")
+            except Exception as error:
+                assert "busy" in str(error), error
+                outcomes.append("busy")
+                break
+    finally:
+        stop.set()
+        busy.join()
+    assert "busy" in outcomes, outcomes
+    result = ui.predict(handle_file(upload), 3, api_name="/classify")
+    assert len(result[0]["confidences"]) == 3
