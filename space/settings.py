@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     ui_queue_size: int = Field(
         32, ge=1, le=10000, description="UI events that may wait in Gradio's queue; more are told to retry."
     )
-    cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
         description="Origins allowed cross-origin access (JSON list or comma-separated); none by default.",
     )
     api_token: SecretStr | None = Field(
@@ -127,12 +127,15 @@ def env_name(field: str) -> str:
     return field if field.isupper() else f"{ENV_PREFIX}{field.upper()}"
 
 
+SECRET_FIELDS = ("api_token", "ui_auth")
+
+
 def describe_error(error: ValidationError) -> str:
     """One line per invalid setting, naming its environment variable, for start-up failures."""
     lines = []
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else "?"
-        value = item.get("input")
+        value = "<hidden>" if field in SECRET_FIELDS else item.get("input")  # never echo a secret
         lines.append(f"invalid setting {env_name(field)}={value!r}: {item['msg']}")
     return "; ".join(lines)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -244,3 +246,32 @@ def test_ui_uploads_are_deleted_at_shutdown(
     assert list(gradio_tmp.rglob(upload.name)), "the upload was not where Gradio keeps them"
     assert server.stop() == 0
     assert not list(gradio_tmp.rglob(upload.name)), "the UI upload outlived the server"
+
+
+def test_invalid_secret_setting_is_reported_without_its_value() -> None:
+    env = {**os.environ, "SPACE_UI_AUTH": "pw-8d1e5b-no-colon", "SPACE_MODEL": str(PHOTOS)}
+    result = subprocess.run(
+        [sys.executable, "-m", "space", "serve"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "SPACE_UI_AUTH" in result.stderr and "user:password" in result.stderr
+    assert "pw-8d1e5b" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "origins"),
+    [
+        ("", ()),
+        ("https://a.example", ("https://a.example",)),
+        ("https://a.example, https://b.example", ("https://a.example", "https://b.example")),
+        ('["https://a.example"]', ("https://a.example",)),
+    ],
+)
+def test_cors_origins_setting_forms(
+    raw: str, origins: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from space.settings import Settings
+
+    monkeypatch.setenv("SPACE_CORS_ORIGINS", raw)
+    assert Settings().cors_origins == origins
+    assert "secret" not in repr(Settings(api_token="secret", ui_auth="u:secret"))
