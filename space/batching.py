@@ -105,14 +105,19 @@ class Batcher:
         return items
 
     def _run_batch(self, batch: list[tuple[np.ndarray, Future[np.ndarray]]]) -> None:
-        futures = [future for _, future in batch]
-        try:
-            rows = self._run(np.stack([pixels for pixels, _ in batch]))
-        except BaseException as error:
-            for future in futures:
-                future.set_exception(error)
-            return
-        self.batches += 1
-        self.items += len(batch)
-        for future, row in zip(futures, rows, strict=True):
-            future.set_result(row)
+        # Processors that keep the aspect ratio make different shapes: each shape is its own call.
+        groups: dict[tuple[int, ...], list[tuple[np.ndarray, Future[np.ndarray]]]] = {}
+        for item in batch:
+            groups.setdefault(item[0].shape, []).append(item)
+        for group in groups.values():
+            futures = [future for _, future in group]
+            try:
+                rows = self._run(np.stack([pixels for pixels, _ in group]))
+            except BaseException as error:
+                for future in futures:
+                    future.set_exception(error)
+                continue
+            self.batches += 1
+            self.items += len(group)
+            for future, row in zip(futures, rows, strict=True):
+                future.set_result(row)

@@ -148,14 +148,21 @@ def _predict(server: Server, data: bytes) -> list[dict[str, object]]:
 
 
 def test_server_serves_the_baked_onnx_model_like_torch(
-    server_factory: Callable[..., Server], tiny_vit: Path, tmp_path: Path, photos: list[Photo]
+    server_factory: Callable[..., Server],
+    vit_server: Server,
+    tiny_vit: Path,
+    tmp_path: Path,
+    photos: list[Photo],
 ) -> None:
     model = _copy(tiny_vit, tmp_path / "vit")
     backends.export_optimized(model, model, "onnxruntime", "fp32")
     onnx = server_factory(model, env={"SPACE_TOP_K": "3"})
-    torch = server_factory(tiny_vit, env={"SPACE_TOP_K": "3", "SPACE_BACKEND": "torch"})
+    torch = vit_server  # the same tiny ViT, not baked: served by fp32 PyTorch
     with onnx.client() as http:
-        assert http.get("/info").json()["model"]["backend"] == "onnxruntime-fp32"
+        info = http.get("/info").json()["model"]
+    assert info["backend"] == "onnxruntime-fp32" and info["optimized"]["guard"]["passed"]
+    with torch.client() as http:
+        assert http.get("/info").json()["model"]["backend"] == "torch-fp32"
     data = photos[0].path.read_bytes()
     got, want = _predict(onnx, data), _predict(torch, data)
     assert [p["label"] for p in got] == [p["label"] for p in want]

@@ -102,6 +102,23 @@ def test_a_request_waits_at_most_the_bound_for_company(
     assert calls[1][1] - released >= wait_ms / 1000 * 0.9
 
 
+def test_different_shapes_are_separate_calls(real_classifier: Classifier, photos: list[Photo]) -> None:
+    pixels = _pixels(real_classifier, photos[:1])[0]
+    smaller = np.ascontiguousarray(pixels[:, :192, :192])  # a CNN takes any size; a batch needs one
+    batcher = Batcher(real_classifier.backend.logits, max_batch_size=8, max_wait_ms=200, workers=1)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(batcher.submit, p) for p in (pixels, smaller, pixels, smaller)]
+            rows = [f.result(60) for f in futures]
+    finally:
+        batcher.close()
+    np.testing.assert_allclose(rows[0], real_classifier.backend.logits(pixels[None])[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        rows[1], real_classifier.backend.logits(smaller[None])[0], rtol=1e-4, atol=1e-4
+    )
+    assert batcher.items == 4
+
+
 def test_errors_reach_every_request_of_the_batch(real_classifier: Classifier) -> None:
     batcher = Batcher(real_classifier.backend.logits, max_batch_size=4, max_wait_ms=1, workers=1)
     try:
