@@ -65,14 +65,18 @@ class Runtime:
         threads = settings.threads or total
         workers = settings.workers or (total if backend == "onnxruntime" else 1)
         model = classifier_module.load(settings.model, settings.model_revision, threads, backend, precision)
+        # Batch only where it helps the backend (its ``max_batch``), unless SPACE_MAX_BATCH_SIZE is set.
+        batch = settings.max_batch_size
+        if "max_batch_size" not in settings.model_fields_set:
+            batch = min(batch, getattr(model.backend, "max_batch", batch))
         self.batcher = Batcher(
             metrics.counted(model.backend.logits),  # batch sizes and images, for /metrics
-            settings.max_batch_size,
+            batch,
             settings.max_batch_wait_ms,
             workers=workers,
         )
         self.draft_size = draft_size(model.processor)
-        self.plan = {"workers": workers, "threads": threads, "cpus": total}
+        self.plan = {"workers": workers, "threads": threads, "cpus": total, "max_batch": batch}
         log.info("inference plan", extra={"backend": model.info.backend, **self.plan})
         self._classifier = model
         self._ready.set()

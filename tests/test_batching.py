@@ -158,9 +158,9 @@ def test_workers_and_threads_follow_the_cpu_budget(tiny_vit: Path) -> None:
     cpus = backends.available_cpus()
     default = Runtime(Settings(model=str(tiny_vit), backend="torch"))
     default.load()
-    assert default.plan == {"workers": 1, "threads": cpus, "cpus": cpus}  # torch: one call, all CPUs
+    assert default.plan == {"workers": 1, "threads": cpus, "cpus": cpus, "max_batch": 8}  # one call, all CPUs
     assert torch.get_num_threads() == cpus
-    runtime = Runtime(Settings(model=str(tiny_vit), backend="torch", threads=1, workers=2))
+    runtime = Runtime(Settings(model=str(tiny_vit), backend="torch", threads=1, workers=2, max_batch_size=3))
     runtime.load()
-    assert runtime.plan == {"workers": 2, "threads": 1, "cpus": cpus}
+    assert runtime.plan == {"workers": 2, "threads": 1, "cpus": cpus, "max_batch": 3}
     assert torch.get_num_threads() == 1
