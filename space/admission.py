@@ -75,10 +75,12 @@ class Admission:
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` in a worker thread if a slot is free, within the time limit (for async callers)."""
         work = self._submit(fn, *args)
+        waiter = asyncio.wrap_future(work)
         try:
             # shield: on timeout, running work goes on (holding its slot) but the client is answered now.
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(work)), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(waiter), self.timeout_s)
         except TimeoutError:
+            waiter.add_done_callback(_consume)  # no "exception never retrieved" noise from abandoned work
             self._abandon(work)
             raise DeadlineExceeded(self._timeout_message()) from None
 
@@ -114,6 +116,11 @@ class Admission:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _consume(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def install_handlers(app: FastAPI) -> None:

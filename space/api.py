@@ -245,7 +245,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, error: UserError) -> JSONResponse:
-        return JSONResponse({"error": error.message}, status_code=error.status_code)
+        # After 408/413 the rest of the body may still be on its way: close rather than read it.
+        headers = {"Connection": "close"} if error.status_code in (408, 413) else None
+        return JSONResponse({"error": error.message}, status_code=error.status_code, headers=headers)
 
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, error: NotReady) -> JSONResponse:
