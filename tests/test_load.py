@@ -140,10 +140,14 @@ async def burst(url: str, bodies: list[bytes]) -> list[tuple[float, httpx.Respon
         return await asyncio.gather(*(one(body) for body in bodies))
 
 
-def test_full_queue_answers_503_with_retry_after_at_once(
-    server_factory: Callable[..., Server], real_model: Path
-) -> None:
-    server = server_factory(real_model, env={"SPACE_MAX_IN_FLIGHT": "1"})
+@pytest.fixture(scope="module")
+def one_slot_server(server_factory: Callable[..., Server], real_model: Path) -> Server:
+    """The real model with a single admission slot, so that one slow request fills it."""
+    return server_factory(real_model, env={"SPACE_MAX_IN_FLIGHT": "1"})
+
+
+def test_full_queue_answers_503_with_retry_after_at_once(one_slot_server: Server) -> None:
+    server = one_slot_server
     results = asyncio.run(burst(server.url, [big_png()] * 6))
     ok = [elapsed for elapsed, response in results if response.status_code == 200]
     rejected = [(elapsed, response) for elapsed, response in results if response.status_code == 503]
@@ -178,16 +182,14 @@ def test_prediction_over_the_time_limit_gets_504_and_frees_its_slot(
     assert server.process.poll() is None
 
 
-def test_ui_shares_the_admission_slots_and_says_busy(
-    server_factory: Callable[..., Server], tiny_vit: Path
-) -> None:
+def test_ui_shares_the_admission_slots_and_says_busy(one_slot_server: Server) -> None:
     """With the one slot held by API requests, the UI answers 'busy' instead of queueing behind them,
     and serves again once the API traffic stops."""
     import threading
 
     from gradio_client import Client, handle_file
 
-    server = server_factory(tiny_vit, env={"SPACE_MAX_IN_FLIGHT": "1"})
+    server = one_slot_server
     upload = PHOTOS / "zebra.jpg"
     ui = Client(server.url, verbose=False)
     stop = threading.Event()
