@@ -16,6 +16,7 @@ from space.settings import Settings, describe_error, env_name, load_settings
 SERVE_FIELDS = tuple(Settings.model_fields)
 PREDICT_FIELDS = ("model", "model_revision", "top_k", "threads", "max_upload_mb", "max_pixels")
 PREDICT_FIELDS += ("log_level", "log_format")
+PREDICT_FIELDS += ("backend", "precision")  # issue 5: the inference backend
 FLAG_NAMES = {"model_revision": "revision"}  # shorter flags where the field name is long
 
 
