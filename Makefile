@@ -11,6 +11,8 @@ TORCH ?= torch==2.13.0
 MODEL ?= $(or $(SPACE_MODEL),google/vit-base-patch16-224)
 REVISION ?= $(SPACE_MODEL_REVISION)
 BAKED := models/$(notdir $(MODEL))
+# Also bake the fastest backend that passes the accuracy guard on this CPU (none: plain PyTorch).
+OPTIMIZE ?= auto
 
 .PHONY: install run test lint test-deps container-test clean
 
@@ -29,7 +31,7 @@ run: install
 	fi; \
 	if [ ! -f "$(BAKED)/vit-space-manifest.json" ]; then \
 	  $(PY) -m space bake --model "$(MODEL)" $(if $(REVISION),--revision "$(REVISION)") --output "$(BAKED)" \
-	    --examples-dir examples || exit 1; \
+	    --examples-dir examples --optimize "$(OPTIMIZE)" || exit 1; \
 	fi; \
 	exec env SPACE_MODEL="$(BAKED)" $(PY) -m space serve
 
