@@ -1,7 +1,7 @@
 """``python -m space bench``: serving speed of this app against the naive baseline, over HTTP, in one run.
 
 Why a script and not a test: speed depends on the machine and its load, so it is measured and reported
-(docs/performance.md), never asserted. Both servers run as separate processes on loopback, on the same
+(the README's Performance section), never asserted. Both servers run as separate processes on loopback, on the same
 model, one after the other, driven by the same client threads; the numbers that matter are the ratios
 within one run.
 

@@ -1,6 +1,6 @@
 """The benchmark's quick mode runs end to end (both servers, every cell) and prints its table.
 
-Speed itself is never asserted here: it depends on the machine and its load (see docs/performance.md).
+Speed itself is never asserted here: it depends on the machine and its load (see the README's Performance section).
 """
 
 from __future__ import annotations
