@@ -174,8 +174,10 @@ def test_read_only_root_with_only_tmp_writable_and_no_network(real_model: Path) 
     tmpfs on /tmp, and a network namespace with nothing but loopback: the server starts, predicts, serves
     the UI (an upload through Gradio included), and stops cleanly."""
     script = (
-        "mount -o remount,bind,ro / && mount -t tmpfs -o size=256m tmpfs /tmp && "
-        "touch /root/probe 2>/dev/null && echo ROOT_WRITABLE; "
+        hold_tmp_checkout()[0]
+        + "mount -o remount,bind,ro / && mount -t tmpfs -o size=256m tmpfs /tmp && "
+        + hold_tmp_checkout()[1]
+        + "touch /root/probe 2>/dev/null && echo ROOT_WRITABLE; "
         + serve_and_check(real_model, home=Path("/root"))
     )
     result = in_namespace(script, network=False)
@@ -206,6 +208,24 @@ CLIENT = textwrap.dedent(
                       "ui": ui[0]["label"], "outbound": outbound}))
     """
 )
+
+
+def hold_tmp_checkout() -> tuple[str, str]:
+    """Shell run before and after the fresh tmpfs hides /tmp, for a checkout that lives under /tmp.
+
+    CI may clone the repository (with ../shared beside it) anywhere, /tmp included: the old /tmp is held
+    on a bind mount and the checkout's parent folder is bound back, read-only, into the new tmpfs.
+    """
+    top = REPO.parent.resolve()
+    if not top.is_relative_to("/tmp"):
+        return "", ""
+    held = Path("/mnt/vit-space-held-tmp")
+    before = f"mkdir -p {held} && mount --rbind /tmp {held} && "
+    after = (
+        f"mkdir -p {top} && mount --rbind {held / top.relative_to('/tmp')} {top} && "
+        f"mount -o remount,bind,ro {top} && "
+    )
+    return before, after
 
 
 def serve_and_check(model: Path, home: Path) -> str:
