@@ -8,8 +8,11 @@ PIP := $(VENV)/bin/pip
 # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid the multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 # The model `make run` serves: a Hub id (baked once into models/, then served offline) or a folder.
-MODEL ?= $(or $(SPACE_MODEL),google/vit-base-patch16-224)
-REVISION ?= $(SPACE_MODEL_REVISION)
+MODEL ?= $(or $(SPACE_MODEL),$(DEFAULT_MODEL))
+# The default model is pinned to the same commit as the Dockerfile; other models use SPACE_MODEL_REVISION.
+DEFAULT_MODEL := google/vit-base-patch16-224
+DEFAULT_REVISION := 3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3
+REVISION ?= $(or $(SPACE_MODEL_REVISION),$(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_REVISION)))
 BAKED := models/$(notdir $(MODEL))
 # Also bake the fastest backend that passes the accuracy guard on this CPU (none: plain PyTorch).
 OPTIMIZE ?= auto
