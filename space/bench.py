@@ -1,9 +1,9 @@
 """``python -m space bench``: serving speed of this app against the naive baseline, over HTTP, in one run.
 
 Why a script and not a test: speed depends on the machine and its load, so it is measured and reported
-(the README's Performance section), never asserted. Both servers run as separate processes on loopback, on the same
-model, one after the other, driven by the same client threads; the numbers that matter are the ratios
-within one run.
+(the README's Performance section), never asserted. Both servers run as separate processes on
+loopback, on the same model, one after the other, driven by the same client threads; the numbers
+that matter are the ratios within one run.
 
 The baseline is ``transformers.pipeline("image-classification")`` behind a plain FastAPI endpoint that
 takes the raw image bytes (the same HTTP contract as our ``POST /predict``). It is the tutorial's design

@@ -1,6 +1,7 @@
 """The benchmark's quick mode runs end to end (both servers, every cell) and prints its table.
 
-Speed itself is never asserted here: it depends on the machine and its load (see the README's Performance section).
+Speed itself is never asserted here: it depends on the machine and its load (see the README's
+Performance section).
 """
 
 from __future__ import annotations
