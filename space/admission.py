@@ -45,18 +45,11 @@ class Admission:
         self._in_flight = 0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=min(limit, workers), thread_name_prefix="predict")
-        self.rejected = 0
-        self.timed_out = 0
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
 
     def enter(self) -> None:
         """Take a slot or raise :class:`Overloaded` at once (never waits)."""
         with self._lock:
             if self._in_flight >= self.limit:
-                self.rejected += 1
                 raise Overloaded(
                     f"The server is busy ({self.limit} predictions in progress); retry in {RETRY_AFTER_S} s."
                 )
@@ -103,8 +96,6 @@ class Admission:
 
     def _abandon(self, work: Future[T]) -> None:
         """After a timeout: drop the work if it has not started (freeing its slot now)."""
-        with self._lock:
-            self.timed_out += 1
         if work.cancel():
             self.leave()
 

@@ -30,7 +30,6 @@ from space.errors import ModelUnavailable
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime")
-PRECISIONS = ("fp32", "bf16", "int8")
 SUPPORTED = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
 OPTIMIZED_MANIFEST = "optimized.json"  # written beside the model by export_optimized
 # The accuracy bound: every example photo keeps its fp32 top-1 label, and the logits of every fixed input

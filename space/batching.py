@@ -39,7 +39,7 @@ class Batcher:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._idle = workers  # workers not running a batch: a lone request needs no waiting if one is free
         self._lock = threading.Lock()
-        self.batches = 0  # counters, for tests and /metrics
+        self.batches = 0  # counters for tests (/metrics counts batches in space.metrics.counted)
         self.items = 0
         self._threads = [
             threading.Thread(target=self._work, name=f"inference-{i}", daemon=True) for i in range(workers)

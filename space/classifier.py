@@ -113,7 +113,7 @@ class Classifier:
         self.check_top_k(top_k)
         metrics.observe_batch(len(images))
         logits = self.backend.logits(self.preprocess(images))
-        return [self._top_k(row, top_k) for row in logits]
+        return [self.top_k(row, top_k) for row in logits]
 
     def warm_up(self) -> None:
         """One inference on a blank image, so the first user does not pay for lazy initialisation."""
@@ -121,10 +121,7 @@ class Classifier:
         self.classify([Image.new("RGB", (width, height), (127, 127, 127))], top_k=1)
 
     def top_k(self, logits: np.ndarray, top_k: int) -> list[Prediction]:
-        """Top-``top_k`` labels of one row of logits (for callers that batch the backend themselves)."""
-        return self._top_k(logits, top_k)
-
-    def _top_k(self, logits: np.ndarray, top_k: int) -> list[Prediction]:
+        """Top-``top_k`` labels of one row of logits, by softmax probability (also for the batcher)."""
         shifted = logits.astype(np.float64) - logits.max()
         probabilities = np.exp(shifted) / np.exp(shifted).sum()
         order = np.argsort(-probabilities, kind="stable")[:top_k]
@@ -181,7 +178,7 @@ def load(
     from space import backends
 
     backend, precision, optimized = backends.resolve_choice(path, backend, precision)
-    threads = threads or default_threads()
+    threads = threads or backends.available_cpus()
     torch.set_num_threads(threads)
     # One graph at a time: inter-op threads would only compete with intra-op ones. Raises if already set.
     with contextlib.suppress(RuntimeError):
@@ -248,10 +245,3 @@ def _read_bake_manifest(path: Path) -> dict[str, Any] | None:
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:300]
-
-
-def default_threads() -> int:
-    """CPUs this process may use (affinity and cgroup quota), the default for inference threads."""
-    from space.backends import available_cpus
-
-    return available_cpus()

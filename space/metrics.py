@@ -73,11 +73,6 @@ def counted(run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], n
     return run_counted
 
 
-def set_queue_depth(depth: int) -> None:
-    """For the request queue: how many requests wait for the model right now."""
-    QUEUE_DEPTH.set(depth)
-
-
 def observe_request(scope: dict[str, Any], status: int, seconds: float) -> None:
     """Count one answered request under its route template (bounded labels), for the request middleware."""
     route = logs.route_label(scope) or UNMATCHED

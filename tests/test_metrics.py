@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from space import metrics
 from tests.conftest import REPO, Photo, Server
 
 JPEG = {"content-type": "image/jpeg"}
@@ -78,14 +76,7 @@ def test_model_info_load_time_readiness_and_queue_depth(real_server: Server, rea
     assert info["revision"] == (served["revision"] or "")
     assert value(samples, "space_model_load_seconds") == served["load_seconds"] > 0
     assert value(samples, "space_model_ready") == 1
-    assert "space_queue_depth" in samples
-
-
-def test_queue_depth_gauge_is_settable_by_the_queue() -> None:
-    metrics.set_queue_depth(7)
-    assert REGISTRY.get_sample_value("space_queue_depth") == 7
-    metrics.set_queue_depth(0)
-    assert REGISTRY.get_sample_value("space_queue_depth") == 0
+    assert value(samples, "space_queue_depth") == 0  # nothing waiting once every request was answered
 
 
 def test_grafana_dashboard_uses_only_metrics_the_server_exposes(real_server: Server) -> None:
