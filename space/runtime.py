@@ -58,9 +58,8 @@ class Runtime:
         path, _ = classifier_module.resolve_model(settings.model, settings.model_revision)
         backend, precision, _ = backends.resolve_choice(path, settings.backend, settings.precision)
         # CPUs from the cgroup quota and affinity. PyTorch runs one call at a time with all of them (its
-        # OpenMP threads spin, and collapse when oversubscribed). ONNX Runtime (threads do not spin) runs
-        # one call per CPU at once on one shared thread pool: a lone request gets every core, concurrent
-        # requests share them, and measured throughput beat both one call and single-thread calls.
+        # OpenMP threads spin, and collapse when oversubscribed). ONNX Runtime runs one call per CPU at
+        # once: a lone call gets every core, overlapping calls one core each (see OnnxBackend).
         total = backends.available_cpus()
         threads = settings.threads or total
         workers = settings.workers or (total if backend == "onnxruntime" else 1)

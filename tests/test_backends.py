@@ -11,7 +11,9 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,29 @@ def test_onnx_fp32_export_matches_torch_on_the_vit(tiny_vit: Path, tmp_path: Pat
     for batch in (1, 3):  # the batch axis is dynamic: the batcher sends any size up to its maximum
         pixels = backends.guard_inputs(size, batch)
         np.testing.assert_allclose(onnx.logits(pixels), reference.logits(pixels), rtol=1e-3, atol=1e-4)
+
+
+def test_onnx_runs_a_lone_call_wide_and_overlapping_calls_narrow_with_the_same_answers(
+    tiny_vit: Path, tmp_path: Path
+) -> None:
+    model = _copy(tiny_vit, tmp_path / "vit")
+    manifest = json.loads(backends.export_optimized(model, model, "onnxruntime", "fp32").read_text())
+    onnx = OnnxBackend(model / manifest["file"], "fp32", threads=2)
+    pixels = backends.guard_inputs(backends._reference(model)[2], 1)
+    alone = onnx.logits(pixels)
+    assert onnx.runs == {"wide": 1, "narrow": 0}
+    start = threading.Barrier(4)
+
+    def overlapping(_: int) -> list[np.ndarray]:
+        start.wait()
+        return [onnx.logits(pixels) for _ in range(5)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [row for rows in pool.map(overlapping, range(4)) for row in rows]
+    assert onnx.runs["wide"] + onnx.runs["narrow"] == 21 and onnx.runs["narrow"] > 0, onnx.runs
+    for row in results:  # both sessions hold the same model: one thread or two, the same logits
+        np.testing.assert_allclose(row, alone, rtol=1e-4, atol=1e-5)
+    assert OnnxBackend(model / manifest["file"], "fp32", threads=1)._wide is None
 
 
 def test_int8_keeps_top1_on_every_photo_with_the_real_model(
