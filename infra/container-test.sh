@@ -14,7 +14,8 @@
 #
 # Env: ENGINE (podman|docker), IMAGE, SHARED (default <repo>/../shared), KEEP_IMAGE=1 (podman: keep the
 # image), READY_TIMEOUT (s, default 180), EXPECT_EXAMPLES (files that must be baked; docker default:
-# "alligator.jpg laptop.jpg"), COLD_START_MAX (s, default 10: warn above), SIZE_MAX_MB (warn above).
+# "alligator.jpg laptop.jpg"), COLD_START_MAX (s, default 10: warn above), SIZE_MAX_MB (warn above),
+# EXPECT_BACKEND (what /info must say is served; default onnxruntime-int8, the Dockerfile's bake).
 set -euo pipefail
 
 ENGINE="${ENGINE:-podman}"
@@ -301,12 +302,13 @@ fi
 echo "healthcheck passed"
 
 say "HTTP: /healthz, /info, POST /predict on the baked examples"
-py "$PORT" "$WORK/examples" "$WORK/bake.json" "$SHARED/photos/labels.csv" "${EXPECT_EXAMPLES:-}" <<'EOF' \
+py "$PORT" "$WORK/examples" "$WORK/bake.json" "$SHARED/photos/labels.csv" "${EXPECT_EXAMPLES:-}" \
+  "${EXPECT_BACKEND:-onnxruntime-int8}" <<'EOF' \
   || { server_log; fail "HTTP smoke test (see above)"; }
 import csv, json, sys, time, urllib.request
 from pathlib import Path
 
-port, examples, bake_path, labels_csv, must = sys.argv[1:6]
+port, examples, bake_path, labels_csv, must, expect_backend = sys.argv[1:7]
 base = f"http://127.0.0.1:{port}"
 ok = True
 
@@ -325,6 +327,11 @@ if shown != bake:
     print(f"problem: /info does not show the image's bake manifest: {str(shown)[:300]}")
     ok = False
 print(f"/info: model {bake['model_id']} ({bake['num_labels']} labels), commit {bake['commit_sha']}")
+served = (info.get("model") or {}).get("backend")
+if served != expect_backend:  # the Dockerfile's default bake: ONNX Runtime int8, loaded with no conversion
+    print(f"problem: the image serves {served!r}, not the baked {expect_backend!r}")
+    ok = False
+print(f"/info: backend {served}")
 
 listed = json.loads((Path(examples) / "manifest.json").read_text())["images"]
 accepted = {}

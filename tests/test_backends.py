@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,59 @@ def test_onnx_runs_a_lone_call_wide_and_overlapping_calls_narrow_with_the_same_a
     for row in results:  # both sessions hold the same model: one thread or two, the same logits
         np.testing.assert_allclose(row, alone, rtol=1e-4, atol=1e-5)
     assert OnnxBackend(model / manifest["file"], "fp32", threads=1)._wide is None
+
+
+def bake_only_modules() -> list[str]:
+    """What the Dockerfile's runtime-venv stage deletes from the venv: only the bake step may need it."""
+    text = (REPO / "Dockerfile").read_text()
+    stage = text[text.index("AS runtime-venv") : text.index("AS runtime\n")]
+    paths = re.findall(r'"\$sp"/([\w/]+)(?=\s|$)', stage)
+    assert {"onnx", "networkx"} <= set(paths), paths
+    return [path.replace("/", ".") for path in paths]
+
+
+SERVE_WITHOUT_BAKE_ONLY = """
+import importlib.machinery, io, sys, time
+class Deleted(importlib.machinery.PathFinder):  # as if the files were gone: find_spec() finds nothing
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if any(name == m or name.startswith(m + ".") for m in {blocked!r}):
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+sys.meta_path[:] = [Deleted if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+from fastapi.testclient import TestClient
+from PIL import Image
+from space.app import create_app
+from space.settings import Settings
+with TestClient(create_app(Settings(model={model!r}, backend={backend!r}, mcp=True))) as client:
+    deadline = time.monotonic() + 120
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "not ready in 120 s"
+        time.sleep(0.2)
+    image = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(image, "JPEG")
+    answer = client.post("/predict", content=image.getvalue(), headers={{"content-type": "image/jpeg"}})
+    assert answer.status_code == 200, answer.text
+    assert client.get("/").status_code == 200
+    print(client.get("/info").json()["model"]["backend"])
+"""
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_the_server_needs_none_of_the_bake_only_packages(
+    tiny_vit: Path, tmp_path: Path, backend: str
+) -> None:
+    model = _copy(tiny_vit, tmp_path / "vit")
+    if backend == "onnxruntime":
+        backends.export_optimized(model, model, "onnxruntime", "fp32")
+    script = SERVE_WITHOUT_BAKE_ONLY.format(
+        blocked=tuple(bake_only_modules()), model=str(model), backend=backend
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == f"{backend}-fp32"
 
 
 def test_int8_keeps_top1_on_every_photo_with_the_real_model(
