@@ -141,8 +141,8 @@ class OnnxBackend:
     operators, because on a VM waking a sleeping thread costs more than each of ViT's ~400 operators);
     calls that overlap each run on their own caller thread in the one-thread session, with no hand-offs.
 
-    Measured on 2 cores, ViT-B/16 int8: one call alone 65 ms wide against 118 ms narrow; two callers
-    16.4 images/s narrow against 13.0 on one shared two-thread pool (10.6 when that pool spins).
+    Measured on 2 cores, ViT-B/16 int8: a lone call p50 72 ms wide (77 without spinning), 125 ms narrow;
+    two callers 16.4 images/s narrow against 13.0 on one shared two-thread pool (10.6 when it spins).
     """
 
     # Measured on 2 cores: batches do not raise ONNX Runtime's images/s (int8 or fp32) the way calls
