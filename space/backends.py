@@ -137,12 +137,13 @@ class TorchBf16Backend:
 
 class OnnxBackend:
     """ONNX Runtime on the CPU, with two sessions of the same model so that both latency and throughput
-    use every core: a call that runs alone gets the ``threads``-wide session (its pool spins between
-    operators, because on a VM waking a sleeping thread costs more than each of ViT's ~400 operators);
-    calls that overlap each run on their own caller thread in the one-thread session, with no hand-offs.
+    use every core: a call that runs alone gets the ``threads``-wide session; calls that overlap each
+    run on their own caller thread in the one-thread session, with no hand-offs between threads.
 
-    Measured on 2 cores, ViT-B/16 int8: a lone call p50 72 ms wide (77 without spinning), 125 ms narrow;
-    two callers 16.4 images/s narrow against 13.0 on one shared two-thread pool (10.6 when it spins).
+    Measured on 2 cores, ViT-B/16 int8: a lone call p50 about 70 ms wide, 120 ms narrow; two callers
+    16.4 images/s narrow against 13.0 on one shared two-thread pool (10.6 when that pool spins). The
+    pools do not spin: spinning moved a lone call's p50 by -5 to +17 ms over five interleaved runs,
+    gave one client of the server no lower p50, and cost it about 20% more CPU per request.
     """
 
     # Measured on 2 cores: batches do not raise ONNX Runtime's images/s (int8 or fp32) the way calls
@@ -150,8 +151,8 @@ class OnnxBackend:
     max_batch = 1
 
     def __init__(self, path: Path, precision: str, threads: int = 1) -> None:
-        self._narrow = _onnx_session(path, threads=1, spin=False)
-        self._wide = _onnx_session(path, threads, spin=True) if threads > 1 else None
+        self._narrow = _onnx_session(path, threads=1)
+        self._wide = _onnx_session(path, threads) if threads > 1 else None
         self._input = self._narrow.get_inputs()[0].name
         self._lock = threading.Lock()
         self._running = 0
@@ -172,7 +173,7 @@ class OnnxBackend:
                 self._running -= 1
 
 
-def _onnx_session(path: Path, threads: int, spin: bool) -> Any:
+def _onnx_session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -180,7 +181,8 @@ def _onnx_session(path: Path, threads: int, spin: bool) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    # Idle threads that spin would take the cores that decode and serve HTTP.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

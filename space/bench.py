@@ -283,6 +283,49 @@ def run_cells(
     return sorted(cells, key=lambda c: order[c.server])  # stable: each server's cells in run order
 
 
+def measure_bare(model: Path, seconds: float) -> dict[str, object]:
+    """The served backend alone, in this process, on one preprocessed image: no HTTP, no decoding.
+
+    What no server can beat on this machine; the gap to the served cells is what serving costs. Calls
+    one at a time (a lone request), then as many at once as the server runs (its ``workers``).
+    """
+    from space.runtime import Runtime
+    from space.settings import Settings
+
+    runtime = Runtime(Settings(model=str(model)))
+    runtime.load()
+    backend = runtime.classifier.backend
+    workers = runtime.plan["workers"]
+    pixels = np.zeros((1, 3, *runtime.classifier.info.image_size), dtype=np.float32)
+    lone: list[float] = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop or len(lone) < 5:
+        started = time.perf_counter()
+        backend.logits(pixels)
+        lone.append(time.perf_counter() - started)
+        time.sleep(0.01)  # a lone client's gap between requests: idle threads go back to sleep
+    counts = [0] * workers
+    stop = time.perf_counter() + seconds
+
+    def call(i: int) -> None:
+        while time.perf_counter() < stop:
+            backend.logits(pixels)
+            counts[i] += 1
+
+    callers = [threading.Thread(target=call, args=(i,)) for i in range(workers)]
+    started = time.perf_counter()
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+    return {
+        "backend": runtime.classifier.info.backend,
+        "lone_p50_ms": round(1000 * percentile(lone, 50), 1),
+        "workers": workers,
+        "images_per_s": round(sum(counts) / (time.perf_counter() - started), 2),
+    }
+
+
 # --- Report ---------------------------------------------------------------------------------------------
 
 HEADER = (
@@ -323,6 +366,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--images", default=",".join(SIZES), help=f"image sizes from {', '.join(SIZES)}")
     parser.add_argument("--no-baseline", action="store_true", help="measure this server only")
+    parser.add_argument(
+        "--bare", action="store_true", help="first measure the served backend alone, in process (no HTTP)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
         "--peak-gflops",
@@ -351,6 +397,10 @@ def main_from_args(args: argparse.Namespace) -> int:
         if not (model / "optimized.json").is_file():
             model = _bake_copy(model, scratch / "baked")
         images = {name: make_jpeg(SIZES[name]) for name in sizes}
+        bare = None
+        if args.bare:  # before anything else computes: PyTorch's OpenMP threads spin after a matmul
+            print("measuring the bare backend in process ...", file=sys.stderr, flush=True)
+            bare = measure_bare(model, 1.0 if args.quick else 10.0)
         limits_gflops = measure_peak_gflops(0.5 if args.quick else 2.0)
         if args.peak_gflops:
             limits_gflops.update(
@@ -388,6 +438,11 @@ def main_from_args(args: argparse.Namespace) -> int:
     source = "given" if args.peak_gflops else "measured matmul"
     peaks = "; ".join(f"{k} {v} GFLOP/s = {limits[k]:.1f} images/s" for k, v in limits_gflops.items())
     print(f"hardware limit ({source}): {peaks}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    if bare:
+        print(
+            f"bare backend ({bare['backend']}, in process, no HTTP or decoding): one call at a time p50 "
+            f"{bare['lone_p50_ms']} ms; {bare['workers']} at once {bare['images_per_s']} images/s"
+        )
     print(report(cells, limits))
     if args.json:
         args.json.write_text(
@@ -397,6 +452,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                     "gflop": gflop,
                     "peak_gflops": limits_gflops,
                     "info": info,
+                    "bare": bare,
                 },
                 indent=2,
             )

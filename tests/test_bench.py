@@ -36,6 +36,7 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
             "1",
             "--json",
             str(out),
+            "--bare",
         ],
         cwd=REPO,
         env=env,
@@ -58,8 +59,16 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
     assert all(
         m[5] == "1.00" for m in rows if m and m[1] == "baseline"
     )  # ratios are to the same cell's baseline
+    bare = re.search(
+        r"^bare backend \(onnxruntime-int8, in process, no HTTP or decoding\): one call at a time p50 "
+        r"([\d.]+) ms; (\d+) at once ([\d.]+) images/s$",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert bare and float(bare[1]) > 0 and float(bare[3]) > 0, result.stdout
     data = json.loads(out.read_text())
     assert len(data["cells"]) == 12 and data["info"]["backend"] == "onnxruntime-int8"
+    assert data["bare"]["workers"] == int(bare[2]) and data["bare"]["lone_p50_ms"] == float(bare[1])
     for cell in data["cells"]:
         assert cell["errors"] == 0 and cell["requests"] > 0 and cell["images_per_s"] > 0, cell
         assert cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"], cell
