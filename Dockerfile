@@ -68,7 +68,7 @@ ARG MODEL_REVISION=3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3
 # Copy example images from this folder (e.g. /mnt/examples-src) instead of downloading them.
 ARG EXAMPLES_FROM=
 # The faster serving backend, exported and accuracy-checked here (python -m space bake --optimize), so
-# start-up converts nothing. Default: ONNX Runtime int8 (3.4x to 5x the PyTorch fp32 pipeline here; +90 MB
+# start-up converts nothing. Default: ONNX Runtime int8 (3.3x to 4.2x the PyTorch fp32 pipeline here; +90 MB
 # for ViT-B/16). `none` serves PyTorch fp32; `auto` picks by the *build* machine's CPU (and may pick
 # ONNX fp32, which adds the model's full size again).
 ARG OPTIMIZE=onnxruntime

@@ -150,10 +150,11 @@ class OnnxBackend:
     # running at once do, and they add waiting; so by default requests are not batched for it.
     max_batch = 1
 
-    def __init__(self, path: Path, precision: str, threads: int = 1) -> None:
-        self._narrow = _onnx_session(path, threads=1)
-        self._wide = _onnx_session(path, threads) if threads > 1 else None
-        self._input = self._narrow.get_inputs()[0].name
+    def __init__(self, path: Path, precision: str, threads: int = 1, workers: int = 1) -> None:
+        self._wide = _onnx_session(path, threads)
+        # The one-thread session exists only where calls can overlap and the wide one is not it already.
+        self._narrow = _onnx_session(path, threads=1) if workers > 1 and threads > 1 else self._wide
+        self._input = self._wide.get_inputs()[0].name
         self._lock = threading.Lock()
         self._running = 0
         self.runs = {"wide": 0, "narrow": 0}  # calls per session (the tests read it)
@@ -163,7 +164,7 @@ class OnnxBackend:
     def logits(self, pixel_values: np.ndarray) -> np.ndarray:
         with self._lock:
             self._running += 1
-            wide = self._running == 1 and self._wide is not None
+            wide = self._running == 1
             self.runs["wide" if wide else "narrow"] += 1
         try:
             session = self._wide if wide else self._narrow
@@ -450,6 +451,7 @@ def create_backend(
     backend: str,
     precision: str,
     threads: int,
+    workers: int = 1,
     cache_dir: Path | None = None,
 ) -> Any:
     """The serving backend. ONNX Runtime uses the baked file; when it is missing the model is exported at
@@ -473,4 +475,4 @@ def create_backend(
         file = target / file.name
     elif not file.is_file():
         file = cache_dir / file.name  # type: ignore[operator]
-    return OnnxBackend(file, precision, threads)
+    return OnnxBackend(file, precision, threads, workers)

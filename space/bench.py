@@ -294,6 +294,8 @@ def measure_bare(model: Path, seconds: float) -> dict[str, object]:
 
     runtime = Runtime(Settings(model=str(model)))
     runtime.load()
+    assert runtime.batcher is not None
+    runtime.batcher.close()  # only the backend is measured; its worker threads would outlive this
     backend = runtime.classifier.backend
     workers = runtime.plan["workers"]
     pixels = np.zeros((1, 3, *runtime.classifier.info.image_size), dtype=np.float32)

@@ -163,11 +163,13 @@ def load(
     threads: int | None = None,
     backend: str = "torch",
     precision: str = "fp32",
+    workers: int = 1,
 ) -> Classifier:
     """Load processor and model from a folder or the local Hub cache, warmed and ready to classify.
 
     ``backend``/``precision`` pick the inference backend (see :mod:`space.backends`; ``auto`` serves what
-    the bake step chose, else fp32 PyTorch); ``threads`` is the number of intra-op threads per call.
+    the bake step chose, else fp32 PyTorch); ``threads`` is the number of intra-op threads per call, and
+    ``workers`` how many calls may run at once.
     """
     started = time.perf_counter()
     path, commit = resolve_model(model, revision)
@@ -213,7 +215,7 @@ def load(
         },
     )
     info.optimized = optimized
-    engine = backends.create_backend(path, network, backend, precision, threads)
+    engine = backends.create_backend(path, network, backend, precision, threads, workers)
     classifier = Classifier(processor, engine, {int(k): v for k, v in config.id2label.items()}, info)
     classifier.warm_up()
     info.load_seconds = round(time.perf_counter() - started, 3)

@@ -63,7 +63,9 @@ class Runtime:
         total = backends.available_cpus()
         threads = settings.threads or total
         workers = settings.workers or (total if backend == "onnxruntime" else 1)
-        model = classifier_module.load(settings.model, settings.model_revision, threads, backend, precision)
+        model = classifier_module.load(
+            settings.model, settings.model_revision, threads, backend, precision, workers
+        )
         # Batch only where it helps the backend (its ``max_batch``), unless SPACE_MAX_BATCH_SIZE is set.
         batch = settings.max_batch_size
         if "max_batch_size" not in settings.model_fields_set:

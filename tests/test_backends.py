@@ -101,7 +101,7 @@ def test_onnx_runs_a_lone_call_wide_and_overlapping_calls_narrow_with_the_same_a
 ) -> None:
     model = _copy(tiny_vit, tmp_path / "vit")
     manifest = json.loads(backends.export_optimized(model, model, "onnxruntime", "fp32").read_text())
-    onnx = OnnxBackend(model / manifest["file"], "fp32", threads=2)
+    onnx = OnnxBackend(model / manifest["file"], "fp32", threads=2, workers=2)
     pixels = backends.guard_inputs(backends._reference(model)[2], 1)
     alone = onnx.logits(pixels)
     assert onnx.runs == {"wide": 1, "narrow": 0}
@@ -116,7 +116,10 @@ def test_onnx_runs_a_lone_call_wide_and_overlapping_calls_narrow_with_the_same_a
     assert onnx.runs["wide"] + onnx.runs["narrow"] == 21 and onnx.runs["narrow"] > 0, onnx.runs
     for row in results:  # both sessions hold the same model: one thread or two, the same logits
         np.testing.assert_allclose(row, alone, rtol=1e-4, atol=1e-5)
-    assert OnnxBackend(model / manifest["file"], "fp32", threads=1)._wide is None
+    # Without overlapping calls (one worker, or one thread) a second session would only cost memory.
+    for threads, workers in ((1, 2), (2, 1)):
+        single = OnnxBackend(model / manifest["file"], "fp32", threads=threads, workers=workers)
+        assert single._narrow is single._wide
 
 
 def bake_only_modules() -> list[str]:
