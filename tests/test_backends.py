@@ -1,7 +1,7 @@
 """Optimised backends: export, the accuracy guard, serving them, CPU allocation, and draft JPEG decoding.
 
-Real models throughout: the ImageNet model in ../shared for top-1 agreement on real photos, the tiny
-random ViT for the ViT code path and logit similarity.
+Real models throughout: the real ImageNet model (tests/real_model.py) for top-1 agreement on real
+photos, the tiny random ViT for the ViT code path and logit similarity.
 """
 
 from __future__ import annotations

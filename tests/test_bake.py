@@ -1,4 +1,4 @@
-"""The bake step, for real: bakes the shared EfficientNet-Lite0 folder (no Hub here) and checks the result."""
+"""The bake step, for real: bakes the real EfficientNet-Lite0 folder (no Hub here) and checks the result."""
 
 from __future__ import annotations
 
@@ -14,14 +14,9 @@ from pathlib import Path
 import pytest
 
 from space import bake
+from tests.conftest import PHOTOS, REPO
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MODEL_SRC = SHARED / "models" / "efficientnet-lite0-imagenet"
-PHOTOS = SHARED / "photos"
-REPO = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_bakeTestTokenThatMustNeverBeWritten"
-
-pytestmark = pytest.mark.skipif(not MODEL_SRC.is_dir(), reason=f"{MODEL_SRC} is not there")
 
 
 def _sha(path: Path) -> str:
@@ -34,14 +29,14 @@ def _accepted() -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def baked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    """One real bake of the shared model with the shared photos, an HF_TOKEN set in the environment."""
+def baked(tmp_path_factory: pytest.TempPathFactory, real_model: Path) -> tuple[Path, Path, dict]:
+    """One real bake of the real model with the test photos, an HF_TOKEN set in the environment."""
     root = tmp_path_factory.mktemp("baked")
     old = os.environ.get("HF_TOKEN")
     os.environ["HF_TOKEN"] = FAKE_TOKEN
     try:
         manifest = bake.bake(
-            str(MODEL_SRC),
+            str(real_model),
             root / "model",
             examples_manifest=REPO / "examples" / "manifest.json",
             examples_dir=root / "examples",
@@ -56,7 +51,7 @@ def baked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
 
 
 @pytest.mark.slow
-def test_manifest_describes_the_baked_files(baked: tuple[Path, Path, dict]) -> None:
+def test_manifest_describes_the_baked_files(baked: tuple[Path, Path, dict], real_model: Path) -> None:
     model_dir, _, manifest = baked
     on_disk = json.loads((model_dir / "vit-space-manifest.json").read_text())
     assert on_disk == manifest
@@ -64,10 +59,10 @@ def test_manifest_describes_the_baked_files(baked: tuple[Path, Path, dict]) -> N
     assert names == ["config.json", "model.safetensors", "preprocessor_config.json"]
     for entry in manifest["files"]:
         path = model_dir / entry["name"]
-        assert entry["sha256"] == _sha(path) == _sha(MODEL_SRC / entry["name"])
+        assert entry["sha256"] == _sha(path) == _sha(real_model / entry["name"])
         assert entry["size"] == path.stat().st_size
     assert manifest["num_labels"] == 1000
-    assert manifest["source"] == {"type": "local", "path": str(MODEL_SRC.resolve())}
+    assert manifest["source"] == {"type": "local", "path": str(real_model.resolve())}
     assert manifest["commit_sha"] is None
     assert {"python", "torch", "transformers"} <= manifest["versions"].keys()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["baked_at"])
@@ -96,11 +91,11 @@ def test_no_token_is_written(baked: tuple[Path, Path, dict]) -> None:
 
 
 @pytest.mark.slow
-def test_only_inference_files_are_copied(tmp_path: Path) -> None:
+def test_only_inference_files_are_copied(tmp_path: Path, real_model: Path) -> None:
     src = tmp_path / "src"
     (src / "onnx").mkdir(parents=True)
     for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
-        (src / name).symlink_to(MODEL_SRC / name)
+        (src / name).symlink_to(real_model / name)
     for stray in ("pytorch_model.bin", "README.md", "flax_model.msgpack", "tf_model.h5", ".gitattributes"):
         (src / stray).write_bytes(b"not needed")
     (src / "onnx" / "model.safetensors").write_bytes(b"nested")
@@ -168,20 +163,20 @@ def test_missing_model_fails_clearly(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_folder_without_config_fails_and_cleans_up(tmp_path: Path) -> None:
+def test_folder_without_config_fails_and_cleans_up(tmp_path: Path, real_model: Path) -> None:
     (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "model.safetensors").symlink_to(MODEL_SRC / "model.safetensors")
+    (tmp_path / "src" / "model.safetensors").symlink_to(real_model / "model.safetensors")
     with pytest.raises(SystemExit) as exc:
         bake.main(["--model", str(tmp_path / "src"), "--output", str(tmp_path / "out")])
     assert "no config.json" in str(exc.value.code)
     assert not (tmp_path / "out").exists()
 
 
-def test_refuses_a_non_empty_output(tmp_path: Path) -> None:
+def test_refuses_a_non_empty_output(tmp_path: Path, real_model: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit) as exc:
-        bake.main(["--model", str(MODEL_SRC), "--output", str(tmp_path / "out")])
+        bake.main(["--model", str(real_model), "--output", str(tmp_path / "out")])
     assert "not empty" in str(exc.value.code)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
@@ -218,17 +213,17 @@ def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
-def test_optimize_records_the_serving_choice(tmp_path: Path) -> None:
+def test_optimize_records_the_serving_choice(tmp_path: Path, real_model: Path) -> None:
     """--optimize runs space.backends' export + accuracy guard; its files are in the bake manifest."""
-    manifest = bake.bake(str(MODEL_SRC), tmp_path / "out", optimize="torch", precision="fp32")
+    manifest = bake.bake(str(real_model), tmp_path / "out", optimize="torch", precision="fp32")
     chosen = json.loads((tmp_path / "out" / "optimized.json").read_text())
     assert (chosen["backend"], chosen["precision"]) == ("torch", "fp32")
     assert "optimized.json" in [f["name"] for f in manifest["files"]]
 
 
-def test_impossible_optimization_fails_clearly(tmp_path: Path) -> None:
+def test_impossible_optimization_fails_clearly(tmp_path: Path, real_model: Path) -> None:
     with pytest.raises(SystemExit) as exc:
-        args = ["--model", str(MODEL_SRC), "--output", str(tmp_path / "out")]
+        args = ["--model", str(real_model), "--output", str(tmp_path / "out")]
         bake.main([*args, "--optimize", "torch", "--precision", "int8"])
     assert "optimising (torch, int8) failed" in str(exc.value.code)
     assert not (tmp_path / "out").exists()

@@ -23,7 +23,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PHOTOS, REPO, Server, start_server
+from tests.conftest import PHOTOS, REPO, Server, needs, start_server
+
+
+def can_unshare() -> bool:
+    """Root with working mount and network namespaces (not every container allows them)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--net", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+namespaces = needs(can_unshare(), "needs root and unshare (mount and network namespaces); CI runs it as root")
 
 
 def raw_request_head(server: Server, length: int) -> socket.socket:
@@ -169,6 +180,7 @@ def test_broken_model_fails_fast_with_a_clear_message(
 # --- read-only and offline -----------------------------------------------------------------------
 
 
+@namespaces
 def test_read_only_root_with_only_tmp_writable_and_no_network(real_model: Path) -> None:
     """Every filesystem read-only (HOME, the repository, the venv, and so the model folder too), a fresh
     tmpfs on /tmp, and a network namespace with nothing but loopback: the server starts, predicts, serves
@@ -213,7 +225,7 @@ CLIENT = textwrap.dedent(
 def hold_tmp_checkout() -> tuple[str, str]:
     """Shell run before and after the fresh tmpfs hides /tmp, for a checkout that lives under /tmp.
 
-    CI may clone the repository (with ../shared beside it) anywhere, /tmp included: the old /tmp is held
+    CI may clone the repository anywhere, /tmp included: the old /tmp is held
     on a bind mount and the checkout's parent folder is bound back, read-only, into the new tmpfs.
     """
     top = REPO.parent.resolve()

@@ -168,3 +168,17 @@ def test_deploy_workflow_updates_the_space() -> None:
     (run,) = [s["run"] for s in space["steps"] if "infra/deploy_space.py" in s.get("run", "")]
     assert '--space-id "$HF_SPACE_ID"' in run
     assert "huggingface_hub" in run
+
+
+def test_ci_needs_nothing_beside_the_clone_and_checks_the_hub_model() -> None:
+    """No outside test data; a job bakes the real model at the Dockerfile's pin and tests it on photos."""
+    ci_text = (WORKFLOWS / "ci.yml").read_text()
+    assert "TEST_DATA_URL" not in ci_text and "../shared" not in ci_text
+    job = load("ci.yml")["jobs"]["hub-model"]
+    pin = re.search(r"^ARG MODEL_REVISION=(\w+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert pin and job["env"]["MODEL_REVISION"] == pin.group(1)
+    text = "\n".join(s.get("run", "") for s in job["steps"])
+    assert '--model "$MODEL_ID" --revision "$MODEL_REVISION"' in text
+    assert "--output models/vit-base-patch16-224" in text
+    (check,) = [s for s in job["steps"] if "tests/test_hub_model.py" in s.get("run", "")]
+    assert check["env"]["HUB_MODEL_DIR"] == "models/vit-base-patch16-224"
