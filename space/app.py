@@ -25,7 +25,7 @@ from space import __version__, api, logs, metrics  # noqa: E402
 from space.admission import DEFAULT_WORKERS, Admission  # noqa: E402
 from space.admission import install_handlers as install_admission_handlers  # noqa: E402
 from space.runtime import Runtime  # noqa: E402
-from space.security import api_token, give_mcp_the_token, install_security, ui_credentials  # noqa: E402
+from space.security import install_security, secure_gradio, ui_credentials  # noqa: E402
 from space.settings import Settings  # noqa: E402
 from space.ui import THEME, build_ui  # noqa: E402
 
@@ -95,8 +95,6 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         footer_links=["api"],
         mcp_server=settings.mcp,
     )
-    sessions.attach(next(r.app for r in app.routes if isinstance(getattr(r, "app", None), GradioApp)))
-    token = api_token(settings)
-    if token is not None:
-        give_mcp_the_token(blocks, token)
+    gradio_app = next(r.app for r in app.routes if isinstance(getattr(r, "app", None), GradioApp))
+    secure_gradio(gradio_app, blocks, sessions, settings)
     return app

@@ -157,6 +157,15 @@ def install_security(app: FastAPI, settings: Settings) -> GradioSessions:
     return sessions
 
 
+def secure_gradio(gradio_app: Any, blocks: Any, sessions: GradioSessions, settings: Settings) -> None:
+    """After mounting: token holders get a Gradio session, and Gradio's MCP loopback client the token."""
+    token = api_token(settings)
+    if token is None:
+        return
+    sessions.attach(gradio_app)
+    give_mcp_the_token(blocks, token)
+
+
 def ui_credentials(settings: Settings) -> tuple[str, str] | Callable[[str, str], bool] | None:
     """Gradio's ``auth``: ``SPACE_UI_AUTH=user:password``, else the API token as password (any user
     name), else None (no login)."""
