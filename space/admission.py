@@ -1,12 +1,14 @@
 """Admission control: a bounded number of predictions in flight, a time limit on each, and clean refusals.
 
-A public endpoint must not queue without limit: past ``max_in_flight`` admitted predictions, a new one is
-refused at once with 503 and ``Retry-After`` (the client retries, or a load balancer tries another
-replica), and one that takes longer than ``request_timeout_s`` (queueing behind others included) is
-answered 504. Admitted work waits in this module's small thread pool (few threads: decoding and
-preprocessing hold the GIL part of the time, and many threads would slow the event loop that answers the
-503s). A prediction that times out while still queued is dropped and frees its slot at once; one that
-is already running keeps its slot until its thread finishes, so the bound holds even for work the client
+A public endpoint must not queue without limit, nor spend on work it will refuse: the API takes its slot
+*before* reading the request body (:meth:`Admission.slot`), so past ``max_in_flight`` admitted predictions
+a new one is refused at once with 503, ``Retry-After`` and ``Connection: close``, its upload unread (the
+client retries, or a load balancer tries another replica). Admitted work waits in this module's small
+thread pool (few threads: decoding and preprocessing hold the GIL part of the time, and many threads
+would slow the event loop that answers the 503s); work that cannot start within ``queue_timeout_s`` is
+refused with 503 too, rather than queued for seconds, and one that takes longer than
+``request_timeout_s`` in all is answered 504. Work dropped before it started frees its slot at once; work
+already running keeps its slot until its thread finishes, so the bound holds even for work the client
 stopped waiting for. How inference is scheduled behind this (one model lock, a batcher) does not matter
 here: callers hand in a plain blocking function.
 """
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 T = TypeVar("T")
 
@@ -29,29 +34,55 @@ DEFAULT_WORKERS = 4  # threads running admitted predictions; the rest of the adm
 
 
 class Overloaded(Exception):
-    """Every admission slot is taken; the client should retry shortly (503 with Retry-After)."""
+    """Every admission slot is taken, or the work could not start in time: retry shortly (503)."""
+
+    def __init__(self, message: str, body_unread: bool = False) -> None:
+        super().__init__(message)
+        self.body_unread = body_unread  # refused before its body was read: close the connection
 
 
 class DeadlineExceeded(Exception):
     """The prediction did not finish within the time limit (504)."""
 
 
+class Slot:
+    """One admitted prediction's place; freed when the caller is done, or by the worker that ran it."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._held = True
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in a worker thread, within the start bound and the time limit."""
+        self._held = False  # handed to the worker thread, which frees it when the work ends
+        return await self._admission._run_admitted(fn, *args)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._admission.leave()
+
+
 class Admission:
     """A non-blocking counter of admitted predictions, shared by the API and the UI."""
 
-    def __init__(self, limit: int, timeout_s: float, workers: int = DEFAULT_WORKERS) -> None:
+    def __init__(
+        self, limit: int, timeout_s: float, workers: int = DEFAULT_WORKERS, queue_timeout_s: float = 2.0
+    ) -> None:
         self.limit = limit
         self.timeout_s = timeout_s
+        self.queue_timeout_s = queue_timeout_s
         self._in_flight = 0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=min(limit, workers), thread_name_prefix="predict")
 
-    def enter(self) -> None:
+    def enter(self, body_unread: bool = False) -> None:
         """Take a slot or raise :class:`Overloaded` at once (never waits)."""
         with self._lock:
             if self._in_flight >= self.limit:
                 raise Overloaded(
-                    f"The server is busy ({self.limit} predictions in progress); retry in {RETRY_AFTER_S} s."
+                    f"The server is busy ({self.limit} predictions in progress); retry in {RETRY_AFTER_S} s.",
+                    body_unread=body_unread,
                 )
             self._in_flight += 1
 
@@ -59,35 +90,70 @@ class Admission:
         with self._lock:
             self._in_flight -= 1
 
+    @contextmanager
+    def slot(self) -> Iterator[Slot]:
+        """A slot taken before the request body is read: when full, the body is never read at all."""
+        self.enter(body_unread=True)
+        slot = Slot(self)
+        try:
+            yield slot
+        finally:
+            slot.release()  # a no-op once run() handed the slot to a worker
+
     def _run_and_leave(self, fn: Callable[..., T], *args: object) -> T:
         try:
             return fn(*args)
         finally:
             self.leave()
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in a worker thread if a slot is free, within the time limit (for async callers)."""
+    def _start_bound(self) -> float | None:
+        """How long work may wait for a thread before it is refused (None: the time limit decides)."""
+        return self.queue_timeout_s if self.queue_timeout_s < self.timeout_s else None
+
+    async def _run_admitted(self, fn: Callable[..., T], *args: object) -> T:
         work = self._submit(fn, *args)
         waiter = asyncio.wrap_future(work)
+        started = time.monotonic()
+        # shield: on timeout, running work goes on (holding its slot) but the client is answered now.
+        bound = self._start_bound()
+        if bound is not None:
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), bound)
+            except TimeoutError:
+                if work.cancel():  # still waiting for a thread: refuse now rather than queue for seconds
+                    waiter.add_done_callback(_consume)
+                    self.leave()
+                    raise Overloaded(self._queue_message()) from None
         try:
-            # shield: on timeout, running work goes on (holding its slot) but the client is answered now.
-            return await asyncio.wait_for(asyncio.shield(waiter), self.timeout_s)
+            remaining = self.timeout_s - (time.monotonic() - started)
+            return await asyncio.wait_for(asyncio.shield(waiter), max(remaining, 0))
         except TimeoutError:
             waiter.add_done_callback(_consume)  # no "exception never retrieved" noise from abandoned work
             self._abandon(work)
             raise DeadlineExceeded(self._timeout_message()) from None
 
     def run_sync(self, fn: Callable[..., T], *args: object) -> T:
-        """The same for a caller that is itself a worker thread (Gradio runs sync functions in threads)."""
+        """Take a slot and run, for a caller that is itself a worker thread (Gradio runs sync functions
+        in threads); the same bounds as the API."""
+        self.enter()
         work = self._submit(fn, *args)
+        bound = self._start_bound()
+        started = time.monotonic()
+        if bound is not None:
+            try:
+                return work.result(timeout=bound)
+            except TimeoutError:
+                if work.cancel():
+                    self.leave()
+                    raise Overloaded(self._queue_message()) from None
         try:
-            return work.result(timeout=self.timeout_s)
+            return work.result(timeout=max(self.timeout_s - (time.monotonic() - started), 0))
         except TimeoutError:
             self._abandon(work)
             raise DeadlineExceeded(self._timeout_message()) from None
 
     def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
-        self.enter()
+        """Hand the work (and its already taken slot) to the pool."""
         try:
             return self._pool.submit(self._run_and_leave, fn, *args)
         except BaseException:
@@ -98,6 +164,12 @@ class Admission:
         """After a timeout: drop the work if it has not started (freeing its slot now)."""
         if work.cancel():
             self.leave()
+
+    def _queue_message(self) -> str:
+        return (
+            f"The server is busy (the prediction could not start within {self.queue_timeout_s:g} s); "
+            f"retry in {RETRY_AFTER_S} s."
+        )
 
     def _timeout_message(self) -> str:
         return (
@@ -115,13 +187,21 @@ def _consume(future: asyncio.Future[object]) -> None:
 
 
 def install_handlers(app: FastAPI) -> None:
-    """503 with ``Retry-After`` for :class:`Overloaded`, 504 for :class:`DeadlineExceeded`."""
+    """503 with ``Retry-After`` for :class:`Overloaded`, 504 for :class:`DeadlineExceeded`, and a quiet
+    end for a client that leaves mid-upload."""
 
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, error: Overloaded) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(error)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
-        )
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        if error.body_unread:  # the body is still on its way: close rather than read it
+            headers["Connection"] = "close"
+        return JSONResponse({"error": str(error)}, status_code=503, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(_: Request, __: ClientDisconnect) -> JSONResponse:
+        # The client left mid-upload (its slot is already free): nobody to answer, nothing to log but
+        # the request line. 499 is nginx's "client closed request".
+        return JSONResponse({"error": "The client closed the connection during the upload."}, status_code=499)
 
     @app.exception_handler(DeadlineExceeded)
     async def deadline(_: Request, error: DeadlineExceeded) -> JSONResponse:

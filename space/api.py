@@ -128,10 +128,11 @@ async def predict(
     """Classify one image; returns ``[{"label": ..., "score": ...}, ...]``, highest score first."""
     if not runtime.ready:
         raise NotReady("The model is still loading; retry in a few seconds.")
-    image, body_top_k = await read_image(request, runtime.limits.max_bytes)
-    k = parse_top_k(top_k if top_k is not None else body_top_k)
-    # Admission control (space/admission.py): bounded in flight, 503 when full, 504 past the time limit.
-    predictions = await request.app.state.admission.run(runtime.classify_bytes, image, k)
+    # Admission first (space/admission.py): when full, 503 at once and the body is never read.
+    with request.app.state.admission.slot() as slot:
+        image, body_top_k = await read_image(request, runtime.limits.max_bytes)
+        k = parse_top_k(top_k if top_k is not None else body_top_k)
+        predictions = await slot.run(runtime.classify_bytes, image, k)
     return [{"label": p.label, "score": p.score} for p in predictions]
 
 

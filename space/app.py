@@ -1,4 +1,5 @@
-"""The web app: FastAPI routes (``/predict``, ``/healthz``, ``/readyz``, ``/info``), Gradio page at ``/``."""
+"""The web app: FastAPI routes (``/predict``, ``/healthz``, ``/readyz``, ``/info``), Gradio page at ``/``
+(unless ``SPACE_UI=false``)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ for _name, _value in {
 
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
+from gradio.routes import App as GradioApp  # noqa: E402
 
 from space import __version__, api, logs, metrics  # noqa: E402
 from space.admission import DEFAULT_WORKERS, Admission  # noqa: E402
 from space.admission import install_handlers as install_admission_handlers  # noqa: E402
 from space.runtime import Runtime  # noqa: E402
-from space.security import install_security, ui_credentials  # noqa: E402
+from space.security import install_security, secure_gradio, ui_credentials  # noqa: E402
 from space.settings import Settings  # noqa: E402
 from space.ui import THEME, build_ui  # noqa: E402
 
@@ -43,7 +45,12 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
 
     # Enough admission threads to fill a batch (they mostly wait on the batcher, not the GIL).
     workers = max(DEFAULT_WORKERS, settings.max_batch_size)
-    admission = Admission(settings.max_in_flight, settings.request_timeout_s, workers=workers)
+    admission = Admission(
+        settings.max_in_flight,
+        settings.request_timeout_s,
+        workers=workers,
+        queue_timeout_s=settings.queue_timeout_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -61,20 +68,22 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     app.state.admission = admission
     api.install_error_handlers(app)
     install_admission_handlers(app)
-    install_security(app, settings)
+    sessions = install_security(app, settings)
     app.include_router(api.router)
     app.add_api_route("/metrics", metrics.metrics_endpoint(runtime), methods=["GET"], include_in_schema=False)
     # Outermost: every answer (401s and 503s included) gets a request id, a log line and a count.
     app.add_middleware(
         logs.RequestLogMiddleware, enabled=settings.request_log, on_done=metrics.observe_request
     )
+    if not settings.ui:  # API only: no page, no Gradio API, no MCP (the /predict ingress, programs)
+        return app
     examples_dir = settings.examples_dir.resolve()
     # Gradio's queue is bounded too, so UI users cannot starve the API (they share the admission slots).
     blocks = build_ui(runtime, admission).queue(
         max_size=settings.ui_queue_size, default_concurrency_limit=settings.ui_concurrency
     )
     blocks.delete_cache = (UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)  # UI uploads leave GRADIO_TEMP_DIR soon
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         app,
         blocks,
         auth=ui_credentials(settings),
@@ -86,3 +95,6 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         footer_links=["api"],
         mcp_server=settings.mcp,
     )
+    gradio_app = next(r.app for r in app.routes if isinstance(getattr(r, "app", None), GradioApp))
+    secure_gradio(gradio_app, blocks, sessions, settings)
+    return app

@@ -1,4 +1,5 @@
-"""``python -m space bench``: serving speed of this app against the naive baseline, over HTTP, in one run.
+"""``python -m space bench``: serving speed of this app against the naive baseline, over HTTP, in one run;
+``--overload``: how this app alone holds up under far more clients than it has slots.
 
 Why a script and not a test: speed depends on the machine and its load, so it is measured and reported
 (the README's Performance section), never asserted. Both servers run as separate processes on
@@ -182,8 +183,15 @@ class Process:
 
     def peak_rss_mb(self) -> float:
         """VmHWM: the most resident memory the server process has used so far."""
+        return self._status_mb("VmHWM:")
+
+    def rss_mb(self) -> float:
+        """VmRSS: the resident memory of the server process now."""
+        return self._status_mb("VmRSS:")
+
+    def _status_mb(self, key: str) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return round(int(line.split()[1]) / 1024, 1)
         return float("nan")
 
@@ -241,6 +249,115 @@ def drive(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[flo
     for thread in threads:
         thread.join()
     return latencies, errors[0], time.perf_counter() - began
+
+
+@dataclass
+class Overload:
+    """Capacity with a few clients, then many more connections than slots, on the same server."""
+
+    image: str
+    capacity_clients: int
+    capacity_images_per_s: float
+    connections: int
+    seconds: float
+    requests: int
+    ok: int
+    shed: int  # 503s: refused at admission or unable to start in time
+    errors: int  # anything else (other statuses, transport errors)
+    goodput_images_per_s: float
+    shed_rate: float
+    ok_p50_ms: float
+    ok_p99_ms: float
+    shed_p50_ms: float
+    rss_before_mb: float
+    rss_after_mb: float
+
+
+def overload(url: str, body: bytes, connections: int, seconds: float) -> tuple[list[float], list[float], int]:
+    """``connections`` clients on one event loop, each POSTing back to back for ``seconds``; after a 503
+    a client pauses 50 ms (less than Retry-After: a pushy client). (ok latencies, 503 latencies, errors)."""
+    import asyncio
+
+    import httpx
+
+    ok: list[float] = []
+    shed: list[float] = []
+    errors = [0]
+
+    async def run() -> None:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        stop_at = time.perf_counter() + seconds
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
+
+            async def client() -> None:
+                while time.perf_counter() < stop_at:
+                    began = time.perf_counter()
+                    try:
+                        response = await http.post(
+                            "/predict", content=body, headers={"content-type": "image/jpeg"}
+                        )
+                    except httpx.HTTPError:
+                        errors[0] += 1
+                        continue
+                    took = time.perf_counter() - began
+                    if response.status_code == 200:
+                        ok.append(took)
+                    elif response.status_code == 503:
+                        shed.append(took)
+                        await asyncio.sleep(0.05)
+                    else:
+                        errors[0] += 1
+
+            await asyncio.gather(*(client() for _ in range(connections)))
+
+    asyncio.run(run())
+    return ok, shed, errors[0]
+
+
+def run_overload(
+    server: Process, image: str, body: bytes, clients: int, connections: int, seconds: float
+) -> Overload:
+    latencies, _, wall = drive(server.url, body, clients, seconds)
+    capacity = len(latencies) / wall
+    before = server.rss_mb()
+    started = time.perf_counter()
+    ok, shed, errors = overload(server.url, body, connections, seconds)
+    wall = time.perf_counter() - started
+    total = len(ok) + len(shed) + errors
+    return Overload(
+        image=image,
+        capacity_clients=clients,
+        capacity_images_per_s=round(capacity, 2),
+        connections=connections,
+        seconds=round(wall, 2),
+        requests=total,
+        ok=len(ok),
+        shed=len(shed),
+        errors=errors,
+        goodput_images_per_s=round(len(ok) / wall, 2),
+        shed_rate=round(len(shed) / total, 4) if total else 0.0,
+        ok_p50_ms=round(1000 * percentile(ok, 50), 1),
+        ok_p99_ms=round(1000 * percentile(ok, 99), 1),
+        shed_p50_ms=round(1000 * percentile(shed, 50), 1),
+        rss_before_mb=before,
+        rss_after_mb=server.rss_mb(),
+    )
+
+
+def overload_line(o: Overload) -> str:
+    share = (
+        f" ({100 * o.goodput_images_per_s / o.capacity_images_per_s:.0f}% of capacity)"
+        if o.capacity_images_per_s
+        else ""
+    )
+    return (
+        f"overload ({o.image}): capacity with {o.capacity_clients} clients "
+        f"{o.capacity_images_per_s:.1f} images/s; {o.connections} connections for {o.seconds:.0f} s: "
+        f"goodput {o.goodput_images_per_s:.1f} images/s{share}, "
+        f"shed {100 * o.shed_rate:.1f}% (503), other errors {o.errors}, admitted p50 {o.ok_p50_ms:.0f} ms "
+        f"p99 {o.ok_p99_ms:.0f} ms, 503 p50 {o.shed_p50_ms:.0f} ms; server RSS {o.rss_before_mb:.0f} -> "
+        f"{o.rss_after_mb:.0f} MB"
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -371,6 +488,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bare", action="store_true", help="first measure the served backend alone, in process (no HTTP)"
     )
+    parser.add_argument(
+        "--overload",
+        action="store_true",
+        help="this server only: capacity with 4 clients, then --connections clients at once (shedding)",
+    )
+    parser.add_argument(
+        "--connections", type=int, help="clients at once in the overload run (default: 200, quick: 50)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
         "--peak-gflops",
@@ -399,6 +524,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         if not (model / "optimized.json").is_file():
             model = _bake_copy(model, scratch / "baked")
         images = {name: make_jpeg(SIZES[name]) for name in sizes}
+        if args.overload:  # this server alone, no baseline, no hardware limits
+            return _overload_main(args, model, images, server_env(model, scratch, args.env), scratch)
         bare = None
         if args.bare:  # before anything else computes: PyTorch's OpenMP threads spin after a matmul
             print("measuring the bare backend in process ...", file=sys.stderr, flush=True)
@@ -410,16 +537,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             )
         gflop = vit_gflop(model)
         limits = {key: value / gflop for key, value in limits_gflops.items()}
-        env = {
-            **os.environ,
-            "SPACE_MODEL": str(model),
-            "SPACE_HOST": "127.0.0.1",
-            "SPACE_LOG_LEVEL": "warning",
-            "SPACE_REQUEST_LOG": "false",
-            "SPACE_MAX_UPLOAD_MB": "50",
-            "GRADIO_TEMP_DIR": str(scratch / "gradio"),
-            **dict(item.split("=", 1) for item in args.env),
-        }
+        env = server_env(model, scratch, args.env)
         runs = [("vit-space", [sys.executable, "-m", "space", "serve"])]
         if not args.no_baseline:
             runs.append(("baseline", [sys.executable, "-c", BASELINE, str(model)]))
@@ -459,6 +577,44 @@ def main_from_args(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
+    return 0
+
+
+def server_env(model: Path, scratch: Path, extra: Sequence[str]) -> dict[str, str]:
+    """Our server's environment: quiet logs, large uploads allowed, ``--env`` last."""
+    return {
+        **os.environ,
+        "SPACE_MODEL": str(model),
+        "SPACE_HOST": "127.0.0.1",
+        "SPACE_LOG_LEVEL": "warning",
+        "SPACE_REQUEST_LOG": "false",
+        "SPACE_MAX_UPLOAD_MB": "50",
+        "GRADIO_TEMP_DIR": str(scratch / "gradio"),
+        **dict(item.split("=", 1) for item in extra),
+    }
+
+
+def _overload_main(
+    args: argparse.Namespace, model: Path, images: dict[str, bytes], env: dict[str, str], scratch: Path
+) -> int:
+    """``--overload``: one server, capacity then overload for each image size, one line each."""
+    seconds = args.seconds or (2.0 if args.quick else 30.0)
+    connections = args.connections or (50 if args.quick else 200)
+    clients = 4
+    server = Process("vit-space", [sys.executable, "-m", "space", "serve"], env, scratch / "vit-space.log")
+    try:
+        server.wait_ready()
+        print(f"overload: {connections} connections for {seconds:g} s ...", file=sys.stderr, flush=True)
+        results = [
+            run_overload(server, name, body, clients, connections, seconds) for name, body in images.items()
+        ]
+    finally:
+        server.stop()
+    print(f"model: {model.name}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    for result in results:
+        print(overload_line(result))
+    if args.json:
+        args.json.write_text(json.dumps({"overload": [asdict(r) for r in results]}, indent=2))
     return 0
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest a prediction may take, queueing included; later -> 504."
     )
+    queue_timeout_s: float = Field(
+        2.0, gt=0, description="Longest an admitted prediction may wait to start; later -> 503 (shed)."
+    )
     body_timeout_s: float = Field(
         30.0, gt=0, description="Longest an upload body may take to arrive; slower -> 408."
     )
@@ -70,9 +73,14 @@ class Settings(BaseSettings):
         description="Origins allowed cross-origin access (JSON list or comma-separated); none by default.",
     )
     api_token: SecretStr | None = Field(
-        None, description="If set, /predict and /info need 'Authorization: Bearer <token>'."
+        None,
+        description="If set, every route but health, metrics and the login page needs "
+        "'Authorization: Bearer <token>' or a UI login (any user name, the token as password).",
     )
-    ui_auth: SecretStr | None = Field(None, description="If set ('user:password'), the UI asks for a login.")
+    ui_auth: SecretStr | None = Field(
+        None, description="If set ('user:password'), the UI asks for this login (instead of the token)."
+    )
+    ui: bool = Field(True, description="Serve the Gradio page and its API; false: API only (/predict).")
 
     @field_validator("ui_auth")
     @classmethod
@@ -82,6 +90,12 @@ class Settings(BaseSettings):
             if not (user and sep and password):
                 raise ValueError("must be 'user:password', both non-empty")
         return value
+
+    @model_validator(mode="after")
+    def _mcp_needs_ui(self) -> Settings:
+        if self.mcp and not self.ui:
+            raise ValueError("SPACE_MCP=true needs the UI (Gradio serves MCP): drop SPACE_UI=false or it")
+        return self
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -134,7 +148,10 @@ def describe_error(error: ValidationError) -> str:
     """One line per invalid setting, naming its environment variable, for start-up failures."""
     lines = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
+        if not item["loc"]:  # a rule across settings: its input is all of them, secrets included
+            lines.append(f"invalid settings: {item['msg']}")
+            continue
+        field = str(item["loc"][0])
         value = "<hidden>" if field in SECRET_FIELDS else item.get("input")  # never echo a secret
         lines.append(f"invalid setting {env_name(field)}={value!r}: {item['msg']}")
     return "; ".join(lines)

@@ -73,3 +73,26 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
         assert cell["errors"] == 0 and cell["requests"] > 0 and cell["images_per_s"] > 0, cell
         assert cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"], cell
         assert cell["peak_rss_mb"] > 50, cell
+
+
+def test_quick_overload_prints_its_line(tiny_vit: Path, tmp_path: Path) -> None:
+    """``--overload``: capacity, then many connections; goodput, shed rate, latency and RSS are printed."""
+    out = tmp_path / "overload.json"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SPACE_")}
+    env["SPACE_MAX_IN_FLIGHT"] = "2"  # few slots: 20 connections must be shed, even on a fast machine
+    command = [sys.executable, "-m", "space", "bench", "--overload", "--quick", "--model", str(tiny_vit)]
+    command += ["--images", "640x480", "--connections", "20", "--json", str(out)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = re.search(
+        r"^overload \(640x480\): capacity with 4 clients ([\d.]+) images/s; 20 connections for \d+ s: "
+        r"goodput ([\d.]+) images/s \(\d+% of capacity\), shed ([\d.]+)% \(503\), other errors (\d+), "
+        r"admitted p50 \d+ ms p99 \d+ ms, 503 p50 \d+ ms; server RSS \d+ -> \d+ MB$",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert line, result.stdout
+    assert float(line[1]) > 0 and float(line[2]) > 0 and float(line[3]) > 0 and line[4] == "0"
+    [data] = json.loads(out.read_text())["overload"]
+    assert data["ok"] > 0 and data["shed"] > 0 and data["ok_p50_ms"] <= data["ok_p99_ms"]
+    assert data["rss_before_mb"] > 50 and data["rss_after_mb"] > 50

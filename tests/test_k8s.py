@@ -298,6 +298,7 @@ def test_kserve_inference_service() -> None:
     env = env_of(c)
     assert env["SPACE_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
     assert env["SPACE_THREADS"]["valueFrom"]["resourceFieldRef"]["containerName"] == "kserve-container"
+    assert env["SPACE_UI"]["value"] == "false"  # KServe routes the API: no page, Gradio API or MCP
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

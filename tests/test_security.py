@@ -98,7 +98,7 @@ def auth() -> dict[str, str]:
     return {"authorization": f"Bearer {TOKEN}"}
 
 
-def test_token_guards_predict_and_info_only(secured: Secured) -> None:
+def test_token_guards_predict_and_info(secured: Secured) -> None:
     server = secured.server
     image = (PHOTOS / "lion.jpg").read_bytes()
     with server.client() as client:
