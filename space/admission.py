@@ -46,58 +46,58 @@ class Admission:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=min(limit, workers), thread_name_prefix="predict")
 
-    def enter(self) -> None:
-        """Take a slot or raise :class:`Overloaded` at once (never waits)."""
+    def enter(self, weight: int = 1) -> None:
+        """Take ``weight`` slots (an explanation takes several) or raise :class:`Overloaded` at once."""
         with self._lock:
-            if self._in_flight >= self.limit:
+            if self._in_flight + weight > self.limit:
                 raise Overloaded(
                     f"The server is busy ({self.limit} predictions in progress); retry in {RETRY_AFTER_S} s."
                 )
-            self._in_flight += 1
+            self._in_flight += weight
 
-    def leave(self) -> None:
+    def leave(self, weight: int = 1) -> None:
         with self._lock:
-            self._in_flight -= 1
+            self._in_flight -= weight
 
-    def _run_and_leave(self, fn: Callable[..., T], *args: object) -> T:
+    def _run_and_leave(self, fn: Callable[..., T], *args: object, weight: int = 1) -> T:
         try:
             return fn(*args)
         finally:
-            self.leave()
+            self.leave(weight)
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
+    async def run(self, fn: Callable[..., T], *args: object, weight: int = 1) -> T:
         """``fn(*args)`` in a worker thread if a slot is free, within the time limit (for async callers)."""
-        work = self._submit(fn, *args)
+        work = self._submit(fn, *args, weight=weight)
         waiter = asyncio.wrap_future(work)
         try:
             # shield: on timeout, running work goes on (holding its slot) but the client is answered now.
             return await asyncio.wait_for(asyncio.shield(waiter), self.timeout_s)
         except TimeoutError:
             waiter.add_done_callback(_consume)  # no "exception never retrieved" noise from abandoned work
-            self._abandon(work)
+            self._abandon(work, weight)
             raise DeadlineExceeded(self._timeout_message()) from None
 
-    def run_sync(self, fn: Callable[..., T], *args: object) -> T:
+    def run_sync(self, fn: Callable[..., T], *args: object, weight: int = 1) -> T:
         """The same for a caller that is itself a worker thread (Gradio runs sync functions in threads)."""
-        work = self._submit(fn, *args)
+        work = self._submit(fn, *args, weight=weight)
         try:
             return work.result(timeout=self.timeout_s)
         except TimeoutError:
-            self._abandon(work)
+            self._abandon(work, weight)
             raise DeadlineExceeded(self._timeout_message()) from None
 
-    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
-        self.enter()
+    def _submit(self, fn: Callable[..., T], *args: object, weight: int = 1) -> Future[T]:
+        self.enter(weight)
         try:
-            return self._pool.submit(self._run_and_leave, fn, *args)
+            return self._pool.submit(self._run_and_leave, fn, *args, weight=weight)
         except BaseException:
-            self.leave()
+            self.leave(weight)
             raise
 
-    def _abandon(self, work: Future[T]) -> None:
+    def _abandon(self, work: Future[T], weight: int = 1) -> None:
         """After a timeout: drop the work if it has not started (freeing its slot now)."""
         if work.cancel():
-            self.leave()
+            self.leave(weight)
 
     def _timeout_message(self) -> str:
         return (
