@@ -164,7 +164,7 @@ def explain(
     index = resolve_target(classifier.labels, target, probabilities)
     score = float(probabilities[index])
     passes = 1
-    fill = Image.new("RGB", (1, 1), fill_colour(classifier.processor))
+    fill = fill_colour(classifier.processor)
     boxes = cell_boxes(*work.size, grid, grid)
     drops = np.zeros(len(boxes))
     chunk = max(1, chunk)
@@ -175,7 +175,8 @@ def explain(
         copies = []
         for box in boxes[start : start + chunk]:
             copy = work.copy()
-            copy.paste(fill.resize((box[2] - box[0], box[3] - box[1])), box[:2])
+            if box[2] > box[0] and box[3] > box[1]:  # an image narrower than the grid has empty cells
+                copy.paste(fill, box)
             copies.append(copy)
         pixels = classifier.preprocess(copies)
         seen = [i for i in range(len(copies)) if not np.array_equal(pixels[i], base[0])]

@@ -122,9 +122,10 @@ def build_ui(
         return overlay(picture, explanation.grid), legend(explanation), explanation.as_dict()
 
     def explainable(result: Any) -> tuple[Any, None, str]:
-        """The classes of the latest result, top first, for the class picker; the old map is cleared."""
-        confidences = result.get("confidences") if isinstance(result, dict) else None
-        choices = [str(item["label"]) for item in confidences or [] if isinstance(item, dict)]
+        """The classes of the latest result ({label: probability}), top first, for the class picker; the
+        old map is cleared."""
+        scores = result if isinstance(result, dict) else {}
+        choices = sorted(scores, key=lambda label: -float(scores[label]))
         return gr.Dropdown(choices=choices, value=choices[0] if choices else None), None, ""
 
     examples = find_examples(settings.examples_dir)
@@ -163,6 +164,8 @@ def build_ui(
                         scale=3,
                     )
                     show = gr.Button("Show where it looked", elem_id="explain", scale=1)
+                # What the explain event (and its MCP tool) reads: any label or index, not only the picker's.
+                target_text = gr.Textbox(visible=False, label="Class to explain (label or index)")
                 heatmap = gr.Image(
                     type="pil", format="png", interactive=False, label="Where it looked", elem_id="heatmap"
                 )
@@ -184,6 +187,7 @@ def build_ui(
             classify, [image, top_k], outputs, preprocess=False, api_visibility="private"
         )
         label.change(explainable, label, [target, heatmap, caption], api_visibility="private", queue=False)
+        target.change(lambda value: value or "", target, target_text, api_visibility="private", queue=False)
         explain_outputs = [heatmap, caption, explained]
-        show.click(explain, [image, target], explain_outputs, api_name="explain", preprocess=False)
+        show.click(explain, [image, target_text], explain_outputs, api_name="explain", preprocess=False)
     return page

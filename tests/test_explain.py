@@ -196,3 +196,11 @@ def test_every_baked_backend_agrees_with_fp32(real_model: Path, photos: list[Pho
         for runtime in runtimes.values():
             if runtime.batcher:
                 runtime.batcher.close()
+
+
+def test_an_image_smaller_than_the_grid_is_explained(served: Runtime) -> None:
+    """A 3 x 2 pixel image: most cells are empty (0, no pass); the answer is still a 7 x 7 map."""
+    image = Image.fromarray(np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 14, "RGB")
+    explanation = Explainer(served).explain_image(image, None, deadline=None)
+    assert explanation.grid.shape == (7, 7) and 1 < explanation.forward_passes <= 1 + 6
+    assert explanation.grid.min() >= 0 and explanation.grid.max() <= 1
