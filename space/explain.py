@@ -98,10 +98,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum()
 
 
-def resolve_target(labels: list[str], target: object, probabilities: np.ndarray) -> int:
+def resolve_target(labels: list[str], target: object, probabilities: np.ndarray | None = None) -> int:
     """The class index to explain: top-1 when ``target`` is None, else a label (exact, then any case) or an
     index (an int, or a string of digits that is not itself a label). 422 when it names no class."""
     if target is None or target == "":
+        assert probabilities is not None, "the top class needs the probabilities"
         return int(np.argmax(probabilities))
     count = len(labels)
     if isinstance(target, str):
@@ -158,10 +159,12 @@ def explain(
     """
     run = run or metrics.counted(classifier.backend.logits)
     started = time.perf_counter()
+    named = target is not None and target != ""
+    index = resolve_target(classifier.labels, target) if named else None  # a bad target costs no pass
     work = working_copy(image, max_edge)
     base = classifier.preprocess([work])
     probabilities = softmax(run(base)[0])
-    index = resolve_target(classifier.labels, target, probabilities)
+    index = resolve_target(classifier.labels, target, probabilities) if index is None else index
     score = float(probabilities[index])
     passes = 1
     fill = fill_colour(classifier.processor)
@@ -278,9 +281,6 @@ class Explainer:
                 max_edge=max(self.runtime.draft_size or (448, 448)),
                 run=self.runtime.batcher.submit_many if self.runtime.batcher else None,
             )
-        except UserError:
-            metrics.EXPLANATIONS.labels("error").inc()
-            raise
         finally:
             self._slots.release()
         metrics.EXPLANATIONS.labels("ok").inc()
@@ -308,8 +308,8 @@ class Explainer:
             return self._from_bytes(data, target, deadline)
         try:
             return await self.admission.run(self._from_bytes, data, target, deadline, weight=self.weight)
-        except (Overloaded, DeadlineExceeded) as error:
-            self._count_refusal(error)
+        except (Overloaded, DeadlineExceeded, UserError) as error:
+            self._count_failure(error)
             raise
 
     def run_file(self, path: str | Path, target: object) -> tuple[Explanation, Image.Image]:
@@ -319,14 +319,16 @@ class Explainer:
             return self._from_file(path, target, deadline)
         try:
             return self.admission.run_sync(self._from_file, path, target, deadline, weight=self.weight)
-        except (Overloaded, DeadlineExceeded) as error:
-            self._count_refusal(error)
+        except (Overloaded, DeadlineExceeded, UserError) as error:
+            self._count_failure(error)
             raise
 
     @staticmethod
-    def _count_refusal(error: Exception) -> None:
-        """Admission's refusals and every timeout, counted once (the busy explainer counts itself)."""
-        if isinstance(error, DeadlineExceeded):
+    def _count_failure(error: Exception) -> None:
+        """Admission refusals, timeouts and user mistakes, counted once (a busy explainer counts itself)."""
+        if isinstance(error, UserError):
+            metrics.EXPLANATIONS.labels("error").inc()
+        elif isinstance(error, DeadlineExceeded):
             metrics.EXPLANATIONS.labels("timeout").inc()
         elif not isinstance(error, ExplainBusy):
             metrics.EXPLANATIONS.labels("busy").inc()

@@ -185,8 +185,14 @@ def test_explanations_are_counted_and_timed_in_metrics(real_server: Server, phot
         response = client.post(
             "/explain", content=photos[1].path.read_bytes(), headers={"content-type": "image/jpeg"}
         )
+        mistake = client.post(
+            "/explain?target=unicorn",
+            content=photos[1].path.read_bytes(),
+            headers={"content-type": "image/jpeg"},
+        )
         after = client.get("/metrics").text
     passes = response.json()["forward_passes"]
+    assert mistake.status_code == 422
 
     def value(text: str, name: str) -> float:
         lines = [line for line in text.splitlines() if line.startswith(name + " ")]
@@ -200,6 +206,10 @@ def test_explanations_are_counted_and_timed_in_metrics(real_server: Server, phot
         value(after, "space_explanation_forward_passes_total")
         - value(before, "space_explanation_forward_passes_total")
         == passes
+    )
+    assert (
+        value(after, 'space_explanations_total{outcome="error"}')
+        == value(before, 'space_explanations_total{outcome="error"}') + 1
     )
     assert value(after, "space_explanation_duration_seconds_count") >= 1
     assert (
