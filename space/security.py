@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from space.settings import Settings
 
 # Routes the API token protects; everything else (health probes, the UI) follows its own rules.
-PROTECTED_PATHS = ("/predict", "/info")
+PROTECTED_PATHS = ("/predict", "/info", "/explain", "/labels")
 
 
 class BearerTokenMiddleware:

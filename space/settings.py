@@ -70,7 +70,8 @@ class Settings(BaseSettings):
         description="Origins allowed cross-origin access (JSON list or comma-separated); none by default.",
     )
     api_token: SecretStr | None = Field(
-        None, description="If set, /predict and /info need 'Authorization: Bearer <token>'."
+        None,
+        description="If set, /predict, /explain, /labels and /info need 'Authorization: Bearer <token>'.",
     )
     ui_auth: SecretStr | None = Field(None, description="If set ('user:password'), the UI asks for a login.")
 

@@ -216,3 +216,17 @@ def test_explanations_are_counted_and_timed_in_metrics(real_server: Server, phot
         value(after, "space_images_classified_total") - value(before, "space_images_classified_total")
         == passes
     )
+
+
+def test_the_api_token_guards_explain_and_labels(
+    server_factory: Callable[..., Server], tiny_vit: Path, photos: list[Photo]
+) -> None:
+    server = server_factory(tiny_vit, env={"SPACE_API_TOKEN": "explain-token-123"})
+    data = photos[0].path.read_bytes()
+    headers = {"content-type": "image/jpeg"}
+    with server.client() as client:
+        assert client.post("/explain", content=data, headers=headers).status_code == 401
+        assert client.get("/labels").status_code == 401
+        allowed = {**headers, "authorization": "Bearer explain-token-123"}
+        assert client.post("/explain", content=data, headers=allowed).status_code == 200
+        assert client.get("/labels", headers=allowed).json()["labels"][0] == "class 0"
