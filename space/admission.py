@@ -9,8 +9,9 @@ would slow the event loop that answers the 503s); work that cannot start within 
 refused with 503 too, rather than queued for seconds, and one that takes longer than
 ``request_timeout_s`` in all is answered 504. Work dropped before it started frees its slot at once; work
 already running keeps its slot until its thread finishes, so the bound holds even for work the client
-stopped waiting for. How inference is scheduled behind this (one model lock, a batcher) does not matter
-here: callers hand in a plain blocking function.
+stopped waiting for. An explanation takes several slots at once (its ``weight``: its forward passes,
+capped), so it cannot starve ``/predict``. How inference is scheduled behind this (one model lock, a
+batcher) does not matter here: callers hand in a plain blocking function.
 """
 
 from __future__ import annotations
@@ -46,21 +47,23 @@ class DeadlineExceeded(Exception):
 
 
 class Slot:
-    """One admitted prediction's place; freed when the caller is done, or by the worker that ran it."""
+    """One admitted request's place (``weight`` slots); freed when the caller is done, or by the worker
+    that ran it."""
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, weight: int) -> None:
         self._admission = admission
+        self._weight = weight
         self._held = True
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` in a worker thread, within the start bound and the time limit."""
         self._held = False  # handed to the worker thread, which frees it when the work ends
-        return await self._admission._run_admitted(fn, *args)
+        return await self._admission._run_admitted(fn, *args, weight=self._weight)
 
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._admission.leave()
+            self._admission.leave(self._weight)
 
 
 class Admission:
@@ -76,42 +79,42 @@ class Admission:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=min(limit, workers), thread_name_prefix="predict")
 
-    def enter(self, body_unread: bool = False) -> None:
-        """Take a slot or raise :class:`Overloaded` at once (never waits)."""
+    def enter(self, weight: int = 1, body_unread: bool = False) -> None:
+        """Take ``weight`` slots or raise :class:`Overloaded` at once (never waits)."""
         with self._lock:
-            if self._in_flight >= self.limit:
+            if self._in_flight + weight > self.limit:
                 raise Overloaded(
                     f"The server is busy ({self.limit} predictions in progress); retry in {RETRY_AFTER_S} s.",
                     body_unread=body_unread,
                 )
-            self._in_flight += 1
+            self._in_flight += weight
 
-    def leave(self) -> None:
+    def leave(self, weight: int = 1) -> None:
         with self._lock:
-            self._in_flight -= 1
+            self._in_flight -= weight
 
     @contextmanager
-    def slot(self) -> Iterator[Slot]:
-        """A slot taken before the request body is read: when full, the body is never read at all."""
-        self.enter(body_unread=True)
-        slot = Slot(self)
+    def slot(self, weight: int = 1) -> Iterator[Slot]:
+        """Slots taken before the request body is read: when full, the body is never read at all."""
+        self.enter(weight, body_unread=True)
+        slot = Slot(self, weight)
         try:
             yield slot
         finally:
             slot.release()  # a no-op once run() handed the slot to a worker
 
-    def _run_and_leave(self, fn: Callable[..., T], *args: object) -> T:
+    def _run_and_leave(self, fn: Callable[..., T], *args: object, weight: int = 1) -> T:
         try:
             return fn(*args)
         finally:
-            self.leave()
+            self.leave(weight)
 
     def _start_bound(self) -> float | None:
         """How long work may wait for a thread before it is refused (None: the time limit decides)."""
         return self.queue_timeout_s if self.queue_timeout_s < self.timeout_s else None
 
-    async def _run_admitted(self, fn: Callable[..., T], *args: object) -> T:
-        work = self._submit(fn, *args)
+    async def _run_admitted(self, fn: Callable[..., T], *args: object, weight: int = 1) -> T:
+        work = self._submit(fn, *args, weight=weight)
         waiter = asyncio.wrap_future(work)
         started = time.monotonic()
         # shield: on timeout, running work goes on (holding its slot) but the client is answered now.
@@ -122,21 +125,21 @@ class Admission:
             except TimeoutError:
                 if work.cancel():  # still waiting for a thread: refuse now rather than queue for seconds
                     waiter.add_done_callback(_consume)
-                    self.leave()
+                    self.leave(weight)
                     raise Overloaded(self._queue_message()) from None
         try:
             remaining = self.timeout_s - (time.monotonic() - started)
             return await asyncio.wait_for(asyncio.shield(waiter), max(remaining, 0))
         except TimeoutError:
             waiter.add_done_callback(_consume)  # no "exception never retrieved" noise from abandoned work
-            self._abandon(work)
+            self._abandon(work, weight)
             raise DeadlineExceeded(self._timeout_message()) from None
 
-    def run_sync(self, fn: Callable[..., T], *args: object) -> T:
-        """Take a slot and run, for a caller that is itself a worker thread (Gradio runs sync functions
-        in threads); the same bounds as the API."""
-        self.enter()
-        work = self._submit(fn, *args)
+    def run_sync(self, fn: Callable[..., T], *args: object, weight: int = 1) -> T:
+        """Take ``weight`` slots and run, for a caller that is itself a worker thread (Gradio runs sync
+        functions in threads); the same bounds as the API."""
+        self.enter(weight)
+        work = self._submit(fn, *args, weight=weight)
         bound = self._start_bound()
         started = time.monotonic()
         if bound is not None:
@@ -144,26 +147,26 @@ class Admission:
                 return work.result(timeout=bound)
             except TimeoutError:
                 if work.cancel():
-                    self.leave()
+                    self.leave(weight)
                     raise Overloaded(self._queue_message()) from None
         try:
             return work.result(timeout=max(self.timeout_s - (time.monotonic() - started), 0))
         except TimeoutError:
-            self._abandon(work)
+            self._abandon(work, weight)
             raise DeadlineExceeded(self._timeout_message()) from None
 
-    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
-        """Hand the work (and its already taken slot) to the pool."""
+    def _submit(self, fn: Callable[..., T], *args: object, weight: int = 1) -> Future[T]:
+        """Hand the work (and its already taken slots) to the pool."""
         try:
-            return self._pool.submit(self._run_and_leave, fn, *args)
+            return self._pool.submit(self._run_and_leave, fn, *args, weight=weight)
         except BaseException:
-            self.leave()
+            self.leave(weight)
             raise
 
-    def _abandon(self, work: Future[T]) -> None:
-        """After a timeout: drop the work if it has not started (freeing its slot now)."""
+    def _abandon(self, work: Future[T], weight: int = 1) -> None:
+        """After a timeout: drop the work if it has not started (freeing its slots now)."""
         if work.cancel():
-            self.leave()
+            self.leave(weight)
 
     def _queue_message(self) -> str:
         return (

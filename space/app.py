@@ -21,9 +21,10 @@ import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from gradio.routes import App as GradioApp  # noqa: E402
 
-from space import __version__, api, logs, metrics  # noqa: E402
+from space import __version__, api, explain_api, logs, metrics  # noqa: E402
 from space.admission import DEFAULT_WORKERS, Admission  # noqa: E402
 from space.admission import install_handlers as install_admission_handlers  # noqa: E402
+from space.explain import Explainer  # noqa: E402
 from space.runtime import Runtime  # noqa: E402
 from space.security import install_security, secure_gradio, ui_credentials  # noqa: E402
 from space.settings import Settings  # noqa: E402
@@ -66,10 +67,12 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     )
     app.state.runtime = runtime
     app.state.admission = admission
+    app.state.explainer = explainer = Explainer(runtime, admission)  # issue 17: /explain, page, MCP
     api.install_error_handlers(app)
     install_admission_handlers(app)
     sessions = install_security(app, settings)
     app.include_router(api.router)
+    app.include_router(explain_api.router)
     app.add_api_route("/metrics", metrics.metrics_endpoint(runtime), methods=["GET"], include_in_schema=False)
     # Outermost: every answer (401s and 503s included) gets a request id, a log line and a count.
     app.add_middleware(
@@ -79,7 +82,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         return app
     examples_dir = settings.examples_dir.resolve()
     # Gradio's queue is bounded too, so UI users cannot starve the API (they share the admission slots).
-    blocks = build_ui(runtime, admission).queue(
+    blocks = build_ui(runtime, admission, explainer).queue(
         max_size=settings.ui_queue_size, default_concurrency_limit=settings.ui_concurrency
     )
     blocks.delete_cache = (UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)  # UI uploads leave GRADIO_TEMP_DIR soon

@@ -53,6 +53,16 @@ class Batcher:
         self._queue.put((pixels, future))
         return future.result()
 
+    def submit_many(self, pixels: np.ndarray) -> np.ndarray:
+        """The rows for several inputs (N, C, H, W), queued together (an explanation's chunk of masked
+        copies): they share batches, and requests queued after them wait for this chunk only."""
+        futures: list[Future[np.ndarray]] = []
+        for item in pixels:
+            future: Future[np.ndarray] = Future()
+            self._queue.put((item, future))
+            futures.append(future)
+        return np.stack([future.result() for future in futures])
+
     def close(self) -> None:
         for _ in self._threads:
             self._queue.put(_STOP)

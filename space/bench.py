@@ -360,6 +360,37 @@ def overload_line(o: Overload) -> str:
     )
 
 
+def measure_explain(url: str, body: bytes, count: int) -> dict[str, float]:
+    """Explanation latency (``POST /explain``, one at a time) beside a lone ``/predict`` on the same image,
+    measured right before it: the ratio is what an explanation costs in predictions (README: target 40x)."""
+    import httpx
+
+    headers = {"content-type": "image/jpeg"}
+    with httpx.Client(base_url=url, timeout=600) as http:
+        http.post("/explain", content=body, headers=headers).raise_for_status()  # first-call costs
+        lone = []
+        for _ in range(max(5, 2 * count)):
+            began = time.perf_counter()
+            http.post("/predict", content=body, headers=headers).raise_for_status()
+            lone.append(time.perf_counter() - began)
+            time.sleep(0.01)
+        explained, passes, grid = [], 0, 0
+        for _ in range(count):
+            began = time.perf_counter()
+            answer = http.post("/explain", content=body, headers=headers)
+            answer.raise_for_status()
+            explained.append(time.perf_counter() - began)
+            passes, grid = answer.json()["forward_passes"], answer.json()["rows"]
+    predict_ms, explain_ms = 1000 * percentile(lone, 50), 1000 * percentile(explained, 50)
+    return {
+        "grid": grid,
+        "forward_passes": passes,
+        "explain_p50_ms": round(explain_ms, 1),
+        "predict_p50_ms": round(predict_ms, 1),
+        "ratio": round(explain_ms / predict_ms, 1),
+    }
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -551,6 +582,9 @@ def main_from_args(args: argparse.Namespace) -> int:
             info = httpx.get(f"{servers[0].url}/info", timeout=10).json().get("model", {})
             print("measuring " + ", ".join(s.name for s in servers), file=sys.stderr, flush=True)
             cells = run_cells(servers, images, clients, seconds)
+            print("measuring explanations ...", file=sys.stderr, flush=True)
+            explain_image = sizes[0]
+            explained = measure_explain(servers[0].url, images[explain_image], 2 if args.quick else 10)
         finally:
             for server in servers:
                 server.stop()
@@ -564,6 +598,11 @@ def main_from_args(args: argparse.Namespace) -> int:
             f"{bare['lone_p50_ms']} ms; {bare['workers']} at once {bare['images_per_s']} images/s"
         )
     print(report(cells, limits))
+    print(
+        f"explanation (occlusion {explained['grid']}x{explained['grid']}, {explained['forward_passes']} "
+        f"forward passes, {explain_image}, one at a time): p50 {explained['explain_p50_ms']:.0f} ms = "
+        f"{explained['ratio']}x a lone /predict p50 ({explained['predict_p50_ms']:.0f} ms, same run)"
+    )
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -573,6 +612,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                     "peak_gflops": limits_gflops,
                     "info": info,
                     "bare": bare,
+                    "explain": explained,
                 },
                 indent=2,
             )

@@ -56,6 +56,21 @@ QUEUE_DEPTH = Gauge(
     "space_queue_depth", "Requests waiting for the model or in the batch it is running (request batcher)."
 )
 
+# Explanations (space/explain.py): each costs many forward passes, so they are counted and timed apart.
+EXPLANATIONS = Counter(
+    "space_explanations_total",
+    "Explanation requests (API, UI, MCP), by outcome: ok, busy (503), timeout (504), error (4xx).",
+    ["outcome"],
+)
+EXPLANATION_SECONDS = Histogram(
+    "space_explanation_duration_seconds",
+    "Time to compute one explanation map (decoding excluded), for those that finished.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60),
+)
+EXPLANATION_PASSES = Counter(
+    "space_explanation_forward_passes_total", "Forward passes run for explanation maps (one image each)."
+)
+
 
 def observe_batch(size: int) -> None:
     """Count one forward pass of the model over ``size`` images."""

@@ -131,6 +131,17 @@ class Settings(BaseSettings):
         None, ge=1, le=64, description="Images decoded and preprocessed at once (default: half the CPUs)."
     )
 
+    # --- Explanations (issue 17): occlusion maps, bounded like predictions ---
+    explain_grid: int = Field(
+        7,
+        ge=7,
+        le=32,
+        description="Explanation map: rows and columns of occluded cells (forward passes: N*N+1).",
+    )
+    explain_concurrency: int = Field(
+        1, ge=1, le=64, description="Explanations computed at once (API, UI, MCP); more get 503 at once."
+    )
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)

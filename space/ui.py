@@ -10,6 +10,7 @@ import gradio as gr
 
 from space.admission import Admission, DeadlineExceeded, Overloaded
 from space.errors import NotReady, UserError
+from space.explain import Explainer, legend, overlay
 from space.runtime import Runtime
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -57,9 +58,12 @@ def user_error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-def build_ui(runtime: Runtime, admission: Admission | None = None) -> gr.Blocks:
+def build_ui(
+    runtime: Runtime, admission: Admission | None = None, explainer: Explainer | None = None
+) -> gr.Blocks:
     """The page. Errors a user causes show as readable messages in the page."""
     settings = runtime.settings
+    explainer = explainer or Explainer(runtime, admission)
 
     def classify(image: Any, top_k: float) -> tuple[dict[str, float], str]:
         """Classify an image with the model served by this app: its most likely classes, best first.
@@ -90,6 +94,40 @@ def build_ui(runtime: Runtime, admission: Admission | None = None) -> gr.Blocks:
         elapsed_ms = (time.perf_counter() - started) * 1000
         return {p.label: p.score for p in predictions}, f"Inference time: {elapsed_ms:.0f} ms"
 
+    def explain(image: Any, target: str | None) -> tuple[Any, str, dict[str, Any]]:
+        """Show where the model looked in an image: an occlusion map of one class's score.
+
+        Each cell of a grid over the image is hidden in turn (painted in the model's mean colour); a
+        cell's value is how much hiding it lowers the class's probability, 1 for the most, 0 for none.
+
+        Args:
+            image: The image (JPEG, PNG, WebP, GIF, BMP or TIFF), as an http(s) URL or a base64 ``data:``
+                URL.
+            target: The class to explain: a label as the classify tool returns it, or a class index;
+                empty for the top class.
+
+        Returns:
+            The image with the map laid over it (red: hiding this region lowers the score most), a
+            caption, and the class, its score and the grid (rows top to bottom, values in [0, 1]).
+        """
+        image_path = image.get("path") if isinstance(image, dict) else image
+        if not image_path:
+            raise user_error("Upload an image, take one with the webcam, or click an example first.")
+        try:
+            explanation, picture = explainer.run_file(image_path, target or None)
+        except (Overloaded, DeadlineExceeded, NotReady) as error:
+            raise user_error(str(error)) from None
+        except UserError as error:
+            raise user_error(error.message) from None
+        return overlay(picture, explanation.grid), legend(explanation), explanation.as_dict()
+
+    def explainable(result: Any) -> tuple[Any, None, str]:
+        """The classes of the latest result ({label: probability}), top first, for the class picker; the
+        old map is cleared."""
+        scores = result if isinstance(result, dict) else {}
+        choices = sorted(scores, key=lambda label: -float(scores[label]))
+        return gr.Dropdown(choices=choices, value=choices[0] if choices else None), None, ""
+
     examples = find_examples(settings.examples_dir)
     with gr.Blocks(title="Image Classification with Vision Transformers", analytics_enabled=False) as page:
         gr.Markdown("# Image Classification with Vision Transformers")
@@ -115,6 +153,24 @@ def build_ui(runtime: Runtime, admission: Admission | None = None) -> gr.Blocks:
             with gr.Column():
                 label = gr.Label(label="Top classes", elem_id="top-classes")
                 timing = gr.Markdown(elem_id="inference-time")
+                # Issue 17: where the model looked, for the top class or another one of the result.
+                with gr.Row(equal_height=True):
+                    target = gr.Dropdown(
+                        choices=[],
+                        value=None,
+                        allow_custom_value=True,
+                        label="Class to explain",
+                        elem_id="explain-target",
+                        scale=3,
+                    )
+                    show = gr.Button("Show where it looked", elem_id="explain", scale=1)
+                # What the explain event (and its MCP tool) reads: any label or index, not only the picker's.
+                target_text = gr.Textbox(visible=False, label="Class to explain (label or index)")
+                heatmap = gr.Image(
+                    type="pil", format="png", interactive=False, label="Where it looked", elem_id="heatmap"
+                )
+                caption = gr.Markdown(elem_id="explain-legend")
+                explained = gr.JSON(visible=False, label="Explanation", elem_id="explain-data")
         picked = gr.Examples(
             [[str(path)] for path in examples],
             inputs=[image],
@@ -130,4 +186,8 @@ def build_ui(runtime: Runtime, admission: Admission | None = None) -> gr.Blocks:
         picked.load_input_event.then(
             classify, [image, top_k], outputs, preprocess=False, api_visibility="private"
         )
+        label.change(explainable, label, [target, heatmap, caption], api_visibility="private", queue=False)
+        target.change(lambda value: value or "", target, target_text, api_visibility="private", queue=False)
+        explain_outputs = [heatmap, caption, explained]
+        show.click(explain, [image, target_text], explain_outputs, api_name="explain", preprocess=False)
     return page

@@ -66,7 +66,15 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
         re.MULTILINE,
     )
     assert bare and float(bare[1]) > 0 and float(bare[3]) > 0, result.stdout
+    explained = re.search(
+        r"^explanation \(occlusion (\d+)x\1, (\d+) forward passes, 640x480, one at a time\): p50 (\d+) ms = "
+        r"([\d.]+)x a lone /predict p50 \((\d+) ms, same run\)$",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert explained and explained[1] == "7" and int(explained[2]) == 50, result.stdout
     data = json.loads(out.read_text())
+    assert data["explain"]["forward_passes"] == 50 and data["explain"]["explain_p50_ms"] > 0
     assert len(data["cells"]) == 12 and data["info"]["backend"] == "onnxruntime-int8"
     assert data["bare"]["workers"] == int(bare[2]) and data["bare"]["lone_p50_ms"] == float(bare[1])
     for cell in data["cells"]:

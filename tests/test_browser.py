@@ -164,3 +164,41 @@ def test_phone_viewport(open_page, photos: list[Photo]) -> None:
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
     page.screenshot(path=ARTIFACTS / "screenshot-phone.png", full_page=True)
     assert recorded.outside_requests() == []
+
+
+def test_show_where_it_looked_overlays_a_heatmap(open_page, photos: list[Photo]) -> None:
+    """Classify, then "Show where it looked": the map over the photo, with its legend, for the top class
+    or another class of the result picked from the list. UPDATE_SCREENSHOT=1 refreshes docs/explain.png."""
+    recorded = open_page(viewport={"width": 1280, "height": 1300})
+    page = recorded.page
+    example_button(page, "zebra.jpg").click()
+    top = top_class(page)
+    assert top in photo(photos, "zebra.jpg").accepted
+    picker = page.locator("#explain-target input")
+    expect(picker).to_have_value(top, timeout=RESULT_TIMEOUT_MS)  # filled from the result, top first
+    page.locator("#explain").click()
+    heatmap = page.locator("#heatmap img")
+    expect(heatmap).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    legend = page.locator("#explain-legend")
+    expect(legend).to_contain_text("hiding this region lowers the score", timeout=RESULT_TIMEOUT_MS)
+    expect(legend).to_contain_text(top)
+    size = heatmap.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert size[0] > 100 and size[1] > 50, size
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "explain.png"
+    page.screenshot(path=shot)
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        small = Image.open(shot).convert("RGB").quantize(colors=128)
+        small.save(REPO / "docs" / "explain.png", optimize=True)
+
+    # Another class of the result: the legend names it.
+    picker.click()
+    options = page.locator("ul[role='listbox'] li")
+    expect(options.nth(1)).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    second = options.nth(1).inner_text().strip()
+    assert second and second != top
+    options.nth(1).click()
+    page.locator("#explain").click()
+    expect(legend).to_contain_text(second, timeout=RESULT_TIMEOUT_MS)
+    expect(heatmap).to_be_visible()
+    assert recorded.outside_requests() == []

@@ -42,10 +42,14 @@ def data_url(path: Path) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def test_lists_one_classify_tool_with_a_clear_schema(mcp_server: Server) -> None:
+def test_lists_the_classify_and_explain_tools_with_clear_schemas(mcp_server: Server) -> None:
     tools = with_session(mcp_server, lambda session: session.list_tools()).tools
-    assert [tool.name for tool in tools] == ["classify"]  # page furniture (examples, model line) is not
-    [tool] = tools
+    # Page furniture (examples, model line, the class picker's filling) is not a tool.
+    assert [tool.name for tool in tools] == ["classify", "explain"]
+    tool, explain = tools
+    assert explain.description.startswith("Show where the model looked")
+    assert set(explain.inputSchema["properties"]) == {"image", "target"}
+    assert "class index" in explain.inputSchema["properties"]["target"]["description"]
     assert tool.description.startswith("Classify an image")
     properties = tool.inputSchema["properties"]
     assert set(properties) == {"image", "top_k"} and tool.inputSchema["required"] == ["image"]
@@ -67,6 +71,21 @@ def test_classify_tool_answers_with_the_top_classes(mcp_server: Server, photos: 
     top = text.split("'label': '", 1)[1].split("'", 1)[0]
     assert top in cat.accepted, text
     assert text.count("'confidence':") == 3, text
+
+
+def test_explain_tool_answers_with_the_label_score_and_grid(mcp_server: Server, photos: list[Photo]) -> None:
+    lion = next(p for p in photos if p.path.name == "lion.jpg")
+
+    async def call(session: ClientSession) -> Any:
+        return await session.call_tool("explain", {"image": data_url(lion.path), "target": ""})
+
+    result = with_session(mcp_server, call)
+    assert not result.isError, result.content
+    texts = [item.text for item in result.content if getattr(item, "text", None)]
+    summary = next(text for text in texts if "'grid'" in text or '"grid"' in text)
+    assert "occlusion" in summary and "'label': 'lion" in summary.replace('"', "'"), summary
+    assert summary.count("[") >= 8  # the 7 x 7 grid: a list of seven lists
+    assert any(getattr(item, "type", "") == "image" or "image" in str(item) for item in result.content)
 
 
 def test_classify_tool_reports_a_bad_image_readably(mcp_server: Server) -> None:

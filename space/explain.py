@@ -1,0 +1,332 @@
+"""Where did it look? Occlusion-sensitivity maps, computed with the serving backend itself.
+
+Why occlusion: it needs nothing but the model's forward pass, so it works for every architecture and every
+baked runtime (PyTorch fp32/bf16, ONNX Runtime fp32/int8) without changing the exported model and without
+torch at serve time. Each cell of a rows x cols grid over the user's image is hidden in turn (a rectangle
+of the processor's mean colour pasted on a copy, mid-grey when it does not normalise); every copy goes
+through the model's own processor, and the cell's value is how much the target class's probability drops.
+Occluding the image itself, before the processor, makes the grid map exactly onto the user's picture
+whatever the resize and crop rules; a cell the processor crops away leaves the model's input unchanged,
+is not run, and gets 0 (the model never saw it). Drops are clipped at 0 and divided by the largest.
+
+:class:`Explainer` bounds the cost: its own concurrency limit, a share of the admission slots (the
+forward passes it runs, capped at half the slots so that predictions always keep the other half), the
+request time limit (checked between chunks, so abandoned work stops), and counts in ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from space import metrics
+from space.admission import Admission, DeadlineExceeded, Overloaded, Slot
+from space.classifier import Classifier
+from space.errors import BadParameter, UserError
+from space.images import decode, read_file
+from space.runtime import Runtime
+
+METHOD = "occlusion"
+MID_GREY = (128, 128, 128)
+LABELS_HINT = "GET /labels lists this model's labels in index order"
+OVERLAY_MAX_EDGE = 1024  # the PNG answer: enough to see the map, not a copy of a 12 MP upload
+LEGEND = (
+    "Red: hiding this region lowers the score of **{label}** most; yellow: a little; no colour: no effect. "
+    "Occlusion map, {rows}x{cols} cells, {passes} forward passes, {seconds:.1f} s."
+)
+
+
+class ExplainBusy(Overloaded):
+    """Every explanation slot (SPACE_EXPLAIN_CONCURRENCY) is taken: 503, like a full admission."""
+
+
+@dataclass
+class Explanation:
+    """An occlusion map for one class of one image: ``grid[r][c]`` in [0, 1], rows top to bottom."""
+
+    label: str
+    index: int
+    score: float
+    grid: np.ndarray
+    forward_passes: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        rows, cols = self.grid.shape
+        return {
+            "label": self.label,
+            "index": self.index,
+            "score": self.score,
+            "grid": [[round(float(v), 4) for v in row] for row in self.grid],
+            "rows": rows,
+            "cols": cols,
+            "forward_passes": self.forward_passes,
+            "seconds": round(self.seconds, 3),
+            "method": METHOD,
+        }
+
+
+def fill_colour(processor: Any) -> tuple[int, int, int]:
+    """The colour that means "nothing here" to the model: its normalisation mean (0 after normalising)."""
+    mean = getattr(processor, "image_mean", None)
+    if not getattr(processor, "do_normalize", False) or mean is None:
+        return MID_GREY
+    values = [float(mean)] * 3 if np.isscalar(mean) else [float(v) for v in mean]
+    if len(values) == 1:
+        values *= 3
+    return tuple(round(255 * min(1.0, max(0.0, v))) for v in values[:3])  # type: ignore[return-value]
+
+
+def cell_boxes(width: int, height: int, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of each grid cell, row by row; the cells tile the image exactly."""
+    xs = np.linspace(0, width, cols + 1).round().astype(int)
+    ys = np.linspace(0, height, rows + 1).round().astype(int)
+    return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(rows) for c in range(cols)]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits)
+    exp = np.exp(shifted)
+    return exp / exp.sum()
+
+
+def resolve_target(labels: list[str], target: object, probabilities: np.ndarray | None = None) -> int:
+    """The class index to explain: top-1 when ``target`` is None, else a label (exact, then any case) or an
+    index (an int, or a string of digits that is not itself a label). 422 when it names no class."""
+    if target is None or target == "":
+        assert probabilities is not None, "the top class needs the probabilities"
+        return int(np.argmax(probabilities))
+    count = len(labels)
+    if isinstance(target, str):
+        if target in labels:
+            return labels.index(target)
+        folded = [label.casefold() for label in labels]
+        if target.strip().casefold() in folded:
+            return folded.index(target.strip().casefold())
+        if not target.strip().lstrip("-").isdigit():
+            raise BadParameter(
+                f"target {target!r} is not a label of this model. Give a label exactly as {LABELS_HINT}, "
+                f"or a class index from 0 to {count - 1}; omit it to explain the top class."
+            )
+        target = int(target.strip())
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise BadParameter(
+            f"target must be a label (string) or a class index (whole number); got {target!r}. {LABELS_HINT}."
+        )
+    if not 0 <= target < count:
+        raise BadParameter(
+            f"target index {target} is out of range: this model has {count} classes, 0 to {count - 1}. "
+            f"{LABELS_HINT}."
+        )
+    return target
+
+
+def working_copy(image: Image.Image, max_edge: int) -> Image.Image:
+    """The image at most ``max_edge`` on its longer side: the processor resizes far below that anyway, and
+    every occluded copy is preprocessed, so a 12 MP upload must not be copied rows*cols times."""
+    if max(image.size) <= max_edge:
+        return image
+    reduced = image.copy()
+    reduced.thumbnail((max_edge, max_edge), Image.Resampling.BICUBIC)
+    return reduced
+
+
+def explain(
+    classifier: Classifier,
+    image: Image.Image,
+    target: object = None,
+    grid: int = 7,
+    chunk: int = 8,
+    deadline: float | None = None,
+    max_edge: int = 448,
+    run: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Explanation:
+    """The occlusion map of ``image`` for ``target`` (default: the top class), through the classifier's own
+    processor and backend: one unmasked pass, then one pass per cell the model can see, ``chunk`` per call.
+
+    ``deadline`` (``time.monotonic()``) is checked between calls: past it, :class:`DeadlineExceeded`.
+    ``run`` turns a batch of pixels into logits: the server passes its request batcher (the same
+    inference threads as predictions), so a /predict that arrives meanwhile waits for one chunk, not for
+    the whole explanation; the default calls the backend directly.
+    """
+    run = run or metrics.counted(classifier.backend.logits)
+    started = time.perf_counter()
+    named = target is not None and target != ""
+    index = resolve_target(classifier.labels, target) if named else None  # a bad target costs no pass
+    work = working_copy(image, max_edge)
+    base = classifier.preprocess([work])
+    probabilities = softmax(run(base)[0])
+    index = resolve_target(classifier.labels, target, probabilities) if index is None else index
+    score = float(probabilities[index])
+    passes = 1
+    fill = fill_colour(classifier.processor)
+    boxes = cell_boxes(*work.size, grid, grid)
+    drops = np.zeros(len(boxes))
+    chunk = max(1, chunk)
+
+    def run_chunk(start: int) -> int:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("The explanation took longer than the request time limit; retry later.")
+        copies = []
+        for box in boxes[start : start + chunk]:
+            copy = work.copy()
+            if box[2] > box[0] and box[3] > box[1]:  # an image narrower than the grid has empty cells
+                copy.paste(fill, box)
+            copies.append(copy)
+        pixels = classifier.preprocess(copies)
+        seen = [i for i in range(len(copies)) if not np.array_equal(pixels[i], base[0])]
+        if not seen:
+            return 0  # cropped away by the processor: the model never sees these cells
+        logits = run(np.ascontiguousarray(pixels[seen]))
+        for i, row in zip(seen, logits, strict=True):
+            drops[start + i] = score - softmax(row)[index]
+        return len(seen)
+
+    passes += sum(map(run_chunk, range(0, len(boxes), chunk)))
+    drops = np.clip(drops, 0.0, None)
+    peak = drops.max()
+    values = drops / peak if peak > 0 else drops
+    return Explanation(
+        label=classifier.labels[index],
+        index=index,
+        score=score,
+        grid=values.reshape(grid, grid),
+        forward_passes=passes,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """Yellow (low) to red (high) for values in [0, 1], as float RGB in [0, 255]."""
+    colours = np.empty((*values.shape, 3))
+    colours[..., 0] = 255.0
+    colours[..., 1] = 220.0 * (1.0 - values)
+    colours[..., 2] = 0.0
+    return colours
+
+
+def overlay(image: Image.Image, grid: np.ndarray, max_edge: int = OVERLAY_MAX_EDGE) -> Image.Image:
+    """``image`` with the map laid over it: colour and opacity grow with the value (0 leaves it as is)."""
+    base = working_copy(image, max_edge).convert("RGB")
+    cells = Image.fromarray(np.asarray(grid, dtype=np.float32), mode="F")
+    heat = np.asarray(cells.resize(base.size, Image.Resampling.BILINEAR), dtype=np.float64).clip(0, 1)
+    alpha = (0.6 * heat)[..., None]
+    pixels = np.asarray(base, dtype=np.float64) * (1 - alpha) + heat_colours(heat) * alpha
+    return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8), "RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def legend(explanation: Explanation) -> str:
+    rows, cols = explanation.grid.shape
+    return LEGEND.format(
+        label=explanation.label,
+        rows=rows,
+        cols=cols,
+        passes=explanation.forward_passes,
+        seconds=explanation.seconds,
+    )
+
+
+class Explainer:
+    """Explanations for the API, the page and MCP, with bounded cost (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime, admission: Admission | None = None) -> None:
+        self.runtime = runtime
+        self.admission = admission
+        self.grid = runtime.settings.explain_grid
+        self.concurrency = runtime.settings.explain_concurrency
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+
+    @property
+    def weight(self) -> int:
+        """Admission slots one explanation holds: its forward passes, at most half of all slots."""
+        passes = self.grid * self.grid + 1
+        return passes if self.admission is None else max(1, min(passes, self.admission.limit // 2))
+
+    def _chunk(self) -> int:
+        """Masked copies queued at once: one batch per inference worker (batches of 1 for ONNX Runtime,
+        whose workers run side by side), so the batcher is kept busy but never far ahead of a /predict."""
+        plan = self.runtime.plan
+        return max(1, int(plan.get("max_batch", 8))) * max(1, int(plan.get("workers", 1)))
+
+    def explain_image(self, image: Image.Image, target: object, deadline: float | None) -> Explanation:
+        """One explanation, if fewer than ``explain_concurrency`` are running (else 503 at once)."""
+        if not self._slots.acquire(blocking=False):
+            metrics.EXPLANATIONS.labels("busy").inc()
+            raise ExplainBusy(
+                f"{self.concurrency} explanation(s) already running (SPACE_EXPLAIN_CONCURRENCY); retry in a "
+                "few seconds."
+            )
+        try:
+            result = explain(
+                self.runtime.classifier,
+                image,
+                target,
+                self.grid,
+                self._chunk(),
+                deadline,
+                max_edge=max(self.runtime.draft_size or (448, 448)),
+                run=self.runtime.batcher.submit_many if self.runtime.batcher else None,
+            )
+        finally:
+            self._slots.release()
+        metrics.EXPLANATIONS.labels("ok").inc()
+        metrics.EXPLANATION_SECONDS.observe(result.seconds)
+        metrics.EXPLANATION_PASSES.inc(result.forward_passes)
+        return result
+
+    def _from_bytes(self, data: bytes, target: object, deadline: float) -> tuple[Explanation, Image.Image]:
+        image = decode(data, self.runtime.limits, self.runtime.draft_size)
+        return self.explain_image(image, target, deadline), image
+
+    def _from_file(
+        self, path: str | Path, target: object, deadline: float
+    ) -> tuple[Explanation, Image.Image]:
+        image = read_file(path, self.runtime.limits, self.runtime.draft_size)
+        return self.explain_image(image, target, deadline), image
+
+    def _deadline(self) -> float:
+        return time.monotonic() + (self.admission.timeout_s if self.admission else 3600.0)
+
+    async def run_bytes(self, data: bytes, target: object, slot: Slot) -> tuple[Explanation, Image.Image]:
+        """For the API, in the ``weight`` slots it took before reading the body: 504 past the time limit."""
+        deadline = self._deadline()
+        try:
+            return await slot.run(self._from_bytes, data, target, deadline)
+        except (Overloaded, DeadlineExceeded, UserError) as error:
+            self._count_failure(error)
+            raise
+
+    def run_file(self, path: str | Path, target: object) -> tuple[Explanation, Image.Image]:
+        """For the page and MCP (Gradio runs this in a worker thread): the same bounds as the API."""
+        deadline = self._deadline()
+        if self.admission is None:
+            return self._from_file(path, target, deadline)
+        try:
+            return self.admission.run_sync(self._from_file, path, target, deadline, weight=self.weight)
+        except (Overloaded, DeadlineExceeded, UserError) as error:
+            self._count_failure(error)
+            raise
+
+    @staticmethod
+    def _count_failure(error: Exception) -> None:
+        """Admission refusals, timeouts and user mistakes, counted once (a busy explainer counts itself)."""
+        if isinstance(error, UserError):
+            metrics.EXPLANATIONS.labels("error").inc()
+        elif isinstance(error, DeadlineExceeded):
+            metrics.EXPLANATIONS.labels("timeout").inc()
+        elif not isinstance(error, ExplainBusy):
+            metrics.EXPLANATIONS.labels("busy").inc()

@@ -1,0 +1,115 @@
+"""HTTP routes for explanations: ``POST /explain`` (the occlusion map of one image, as JSON or as a PNG
+overlay) and ``GET /labels`` (what ``target`` may name). The body is read exactly as ``/predict`` reads it
+(space/api.py), so the three upload forms and every 4xx behave the same."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from space import api
+from space.errors import NotReady
+from space.explain import Explainer, overlay, png_bytes
+
+router = APIRouter()
+
+TARGET_HELP = (
+    "The class to explain: a label exactly as GET /labels lists it, or a class index (default: the top "
+    "class). Also accepted as the JSON parameter `target`."
+)
+
+
+class ExplanationBody(BaseModel):
+    label: str
+    index: int
+    score: float
+    grid: list[list[float]]
+    rows: int
+    cols: int
+    forward_passes: int
+    seconds: float
+    method: str
+
+
+class Labels(BaseModel):
+    labels: list[str]
+
+
+def get_explainer(request: Request) -> Explainer:
+    return request.app.state.explainer
+
+
+@router.post(
+    "/explain",
+    tags=["inference"],
+    response_model=ExplanationBody,
+    responses={
+        200: {
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The map as JSON, or with ?format=png the image with the map laid over it.",
+        },
+        **{code: {"model": api.ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503, 504)},
+    },
+    openapi_extra={
+        "requestBody": {
+            "description": api.ACCEPTED.replace('"top_k": N', '"target": "<label or index>"'),
+            "content": {
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["inputs"],
+                        "properties": {
+                            "inputs": {"type": "string", "description": "base64-encoded image"},
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"target": {"type": ["string", "integer"]}},
+                            },
+                        },
+                    }
+                },
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                },
+            },
+        }
+    },
+)
+async def explain(
+    request: Request,
+    target: Annotated[str | None, Query(description=TARGET_HELP)] = None,
+    output: Annotated[
+        Literal["json", "png"],
+        Query(alias="format", description="json: the grid; png: the image with the map laid over it."),
+    ] = "json",
+) -> Any:
+    """Where the model looked: an occlusion map (each cell: how much hiding it lowers the class's score)."""
+    explainer = get_explainer(request)
+    runtime = explainer.runtime
+    if not runtime.ready:
+        raise NotReady("The model is still loading; retry in a few seconds.")
+    # Admission first, as for /predict: when full, 503 at once and the body is never read.
+    with request.app.state.admission.slot(explainer.weight) as slot:
+        data = (await api.read_image(request, runtime.limits.max_bytes))[0]
+        if target is None and request.headers.get("content-type", "").split(";")[0].strip().lower() == (
+            "application/json"
+        ):
+            parameters = json.loads(await request.body()).get("parameters") or {}  # checked by parse_json
+            target = parameters.get("target")
+        explanation, image = await explainer.run_bytes(data, target, slot)
+    if output == "png":
+        return Response(png_bytes(overlay(image, explanation.grid)), media_type="image/png")
+    return explanation.as_dict()
+
+
+@router.get("/labels", tags=["health"], response_model=Labels, responses={503: {"model": api.ErrorBody}})
+def labels(request: Request) -> dict[str, list[str]]:
+    """This model's labels in class-index order: what /explain's ``target`` may name."""
+    return {"labels": list(get_explainer(request).runtime.classifier.labels)}
