@@ -289,10 +289,10 @@ def servers(
     for server in started.values():
         wait_ready(server)
     yield started
-    for server in started.values():  # stop them all at once, not one after another
-        server.process.terminate()
+    for server in started.values():  # disposable: a graceful stop costs each about 2.5 s of CPU at exit
+        server.process.kill()
     for server in started.values():
-        server.stop()
+        server.process.wait()
 
 
 def wait_ready(server: Server, timeout: float = 300) -> None:
