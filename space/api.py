@@ -40,7 +40,8 @@ ACCEPTED = (
 )
 FUNCTION_HELP = (
     "How logits become scores, as in transformers' image-classification pipeline: sigmoid, softmax or "
-    "none (raw logits). Default: the model's own (sigmoid for multi-label or one-label models, else softmax)."
+    "none (raw logits). Default: the model's own (sigmoid for multi-label or one-label models, none for "
+    "regression, else softmax)."
 )
 URL = re.compile(r"^\s*[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 # Multipart and base64 JSON carry the image with some overhead; the image itself is checked exactly later.

@@ -149,8 +149,8 @@ def check_function(value: object) -> str:
         return value.strip().lower()
     raise BadParameter(
         f"function_to_apply must be one of {', '.join(FUNCTIONS)} (sigmoid: independent probabilities, "
-        f"softmax: probabilities that sum to 1, none: raw logits); got {value!r}. Leave it out for the "
-        "model's default."
+        f"softmax: probabilities that sum to 1, none: raw logits); got {repr(value)[:80]}. Leave it out "
+        "for the model's default."
     )
 
 
@@ -170,7 +170,8 @@ def scores(logits: np.ndarray, function_to_apply: str) -> np.ndarray:
     computes them (so scores that underflow to 0 tie, and keep label order, as they do there)."""
     values = np.asarray(logits, dtype=np.float32)
     if function_to_apply == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-values))
+        with np.errstate(over="ignore"):  # exp(-x) is inf for very negative logits: the score is 0
+            return 1.0 / (1.0 + np.exp(-values))
     if function_to_apply == "softmax":
         shifted = np.exp(values - values.max())
         return shifted / shifted.sum()
