@@ -382,6 +382,12 @@ def test_multi_label_plain_folder_scores_independent_sigmoids_by_default(
     assert_same(answer, expected["multilabel_vit"][None], "multi-label default")
     assert_same(answer, expected["multilabel_vit"]["sigmoid"], "multi-label sigmoid")
     assert abs(sum(item["score"] for item in answer) - 1) > 0.1  # not a softmax
+    # The page (and the MCP tool, the same function) shows the same default scores.
+    from gradio_client import Client, handle_file
+
+    shown, _ = Client(server.url, verbose=False).predict(handle_file(str(photo)), 3, api_name="/classify")
+    page = [{"label": c["label"], "score": c["confidence"]} for c in shown["confidences"]]
+    assert_same(page, expected["multilabel_vit"][None][:3], "multi-label default on the page")
 
 
 # --- Baked: ONNX Runtime fp32 over HTTP; every backend and precision in-process -------------------------
