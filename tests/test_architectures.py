@@ -12,7 +12,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ class Arch:
     config: dict[str, Any]
     processor: dict[str, Any]
     problem_type: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 # Legacy ConvNeXt-style processor (ResNet, RegNet): resize the short side to size / crop_pct, crop `size`.
