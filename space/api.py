@@ -241,8 +241,8 @@ def decode_inputs(inputs: str) -> bytes:
             raise BadImage('"inputs" is a data: URI without a comma. Send data:image/png;base64,<base64>.')
         if header.split(";")[-1].strip().lower() != "base64":
             raise BadImage(
-                f'"inputs" is a data: URI that is not base64-encoded (data:{header[:60]},...). Send '
-                "data:image/png;base64,<base64 of the file>, or the plain base64."
+                '"inputs" is a data: URI that is not base64-encoded (no ";base64" before the comma). '
+                "Send data:image/png;base64,<base64 of the file>, or the plain base64."
             )
     encoded = "".join(encoded.split())  # `base64` wraps its output at 76 columns
     if "-" in encoded or "_" in encoded:  # the URL-safe alphabet
