@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import platform
+import re
 from typing import Annotated, Any
 
 import anyio
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from starlette.formparsers import MultiPartParser
 
 from space import __version__
+from space.classifier import FUNCTIONS, check_function
 from space.errors import (
     BadImage,
     BadParameter,
@@ -33,8 +35,15 @@ router = APIRouter()
 RAW_TYPES = ("image/", "application/octet-stream")
 ACCEPTED = (
     "raw image bytes (Content-Type image/* or application/octet-stream), JSON "
-    '{"inputs": "<base64 image>", "parameters": {"top_k": N}}, or multipart/form-data with a "file" field'
+    '{"inputs": "<base64 image or data: URI>", "parameters": {"top_k": N, "function_to_apply": "softmax"}}, '
+    'or multipart/form-data with a "file" field'
 )
+FUNCTION_HELP = (
+    "How logits become scores, as in transformers' image-classification pipeline: sigmoid, softmax or "
+    "none (raw logits). Default: the model's own (sigmoid for multi-label or one-label models, none for "
+    "regression, else softmax)."
+)
+URL = re.compile(r"^\s*[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 # Multipart and base64 JSON carry the image with some overhead; the image itself is checked exactly later.
 ENVELOPE_FACTOR = 1.4
 ENVELOPE_SLACK = 64 * 1024
@@ -103,8 +112,22 @@ def info(runtime: RuntimeDep) -> dict[str, Any]:
                         "type": "object",
                         "required": ["inputs"],
                         "properties": {
-                            "inputs": {"type": "string", "description": "base64-encoded image"},
-                            "parameters": {"type": "object", "properties": {"top_k": {"type": "integer"}}},
+                            "inputs": {
+                                "type": "string",
+                                "description": "the image, base64-encoded or as a data:image/...;base64, "
+                                "URI (never a URL: the server does not fetch)",
+                            },
+                            "parameters": {
+                                "type": "object",
+                                "properties": {
+                                    "top_k": {"type": "integer", "minimum": 1},
+                                    "function_to_apply": {
+                                        "type": "string",
+                                        "enum": list(FUNCTIONS),
+                                        "description": FUNCTION_HELP,
+                                    },
+                                },
+                            },
                         },
                     }
                 },
@@ -122,7 +145,14 @@ async def predict(
     request: Request,
     runtime: RuntimeDep,
     top_k: Annotated[
-        str | None, Query(description="How many classes to return (default: SPACE_TOP_K).")
+        str | None,
+        Query(
+            description="How many classes to return (default: SPACE_TOP_K; more than the model has "
+            "returns them all)."
+        ),
+    ] = None,
+    function_to_apply: Annotated[
+        str | None, Query(description=FUNCTION_HELP, json_schema_extra={"enum": list(FUNCTIONS)})
     ] = None,
 ) -> list[dict[str, Any]]:
     """Classify one image; returns ``[{"label": ..., "score": ...}, ...]``, highest score first."""
@@ -130,14 +160,16 @@ async def predict(
         raise NotReady("The model is still loading; retry in a few seconds.")
     # Admission first (space/admission.py): when full, 503 at once and the body is never read.
     with request.app.state.admission.slot() as slot:
-        image, body_top_k = await read_image(request, runtime.limits.max_bytes)
-        k = parse_top_k(top_k if top_k is not None else body_top_k)
-        predictions = await slot.run(runtime.classify_bytes, image, k)
+        image, parameters = await read_image(request, runtime.limits.max_bytes)
+        k = parse_top_k(top_k if top_k is not None else parameters.get("top_k"))
+        function = function_to_apply if function_to_apply is not None else parameters.get("function_to_apply")
+        function = None if function is None else check_function(function)
+        predictions = await slot.run(runtime.classify_bytes, image, k, function)
     return [{"label": p.label, "score": p.score} for p in predictions]
 
 
-async def read_image(request: Request, max_bytes: int) -> tuple[bytes, object]:
-    """The image bytes and any ``top_k`` from the body, whichever of the three forms it has."""
+async def read_image(request: Request, max_bytes: int) -> tuple[bytes, dict[str, object]]:
+    """The image bytes and the JSON body's ``parameters`` (else empty), whichever of the three forms."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):  # never inflate a client's compressed body (gzip bombs)
         raise UnsupportedMediaType(
@@ -147,13 +179,13 @@ async def read_image(request: Request, max_bytes: int) -> tuple[bytes, object]:
     content_type = request.headers.get("content-type", "application/octet-stream").lower()
     media_type = content_type.split(";")[0].strip()
     if media_type.startswith(RAW_TYPES) or not media_type:
-        return await read_body(request, max_bytes), None
+        return await read_body(request, max_bytes), {}
     envelope_limit = int(max_bytes * ENVELOPE_FACTOR) + ENVELOPE_SLACK
     if media_type == "application/json":
         return parse_json(await read_body(request, envelope_limit))
     if media_type == "multipart/form-data":
         await read_body(request, envelope_limit)  # bounded, and cached for the form parser
-        return await parse_multipart(request), None
+        return await parse_multipart(request), {}
     raise UnsupportedMediaType(f"Content-Type {media_type!r} is not accepted. Send {ACCEPTED}.")
 
 
@@ -181,8 +213,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def parse_json(body: bytes) -> tuple[bytes, object]:
-    """``{"inputs": "<base64>", "parameters": {"top_k": N}}`` -> (image bytes, top_k)."""
+def parse_json(body: bytes) -> tuple[bytes, dict[str, object]]:
+    """``{"inputs": "<base64 or data: URI>", "parameters": {...}}`` -> (image bytes, parameters)."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting ([[[[...]]]])
@@ -192,14 +224,34 @@ def parse_json(body: bytes) -> tuple[bytes, object]:
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadParameter('"parameters" must be an object, e.g. {"top_k": 5}.')
-    encoded = payload["inputs"]
-    if encoded.startswith("data:") and "," in encoded:  # a data URL, as browsers produce
-        encoded = encoded.split(",", 1)[1]
+    return decode_inputs(payload["inputs"]), parameters
+
+
+def decode_inputs(inputs: str) -> bytes:
+    """The image in ``inputs``: plain base64 (line breaks allowed) or a base64 ``data:`` URI; never a URL."""
+    if URL.match(inputs):
+        raise BadParameter(
+            '"inputs" is a URL, and this server never fetches URLs: it runs offline, and fetching would let '
+            "callers make it reach into its own network. Download the image yourself and send its bytes: "
+            'the raw body, base64 in "inputs", or a multipart "file" field.'
+        )
+    encoded = inputs.strip()
+    if encoded[:5].lower() == "data:":  # a data URI, as browsers produce: data:image/png;base64,....
+        header, comma, encoded = encoded[5:].partition(",")
+        if not comma:
+            raise BadImage('"inputs" is a data: URI without a comma. Send data:image/png;base64,<base64>.')
+        if header.split(";")[-1].strip().lower() != "base64":
+            raise BadImage(
+                '"inputs" is a data: URI that is not base64-encoded (no ";base64" before the comma). '
+                "Send data:image/png;base64,<base64 of the file>, or the plain base64."
+            )
+    encoded = "".join(encoded.split())  # `base64` wraps its output at 76 columns
+    if "-" in encoded or "_" in encoded:  # the URL-safe alphabet
+        encoded = encoded.translate(str.maketrans("-_", "+/"))
     try:
-        image = base64.b64decode(encoded, validate=True)
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise BadImage('"inputs" is not valid base64. Send the image file base64-encoded.') from None
-    return image, parameters.get("top_k")
 
 
 async def parse_multipart(request: Request) -> bytes:

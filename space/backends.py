@@ -296,19 +296,25 @@ def export_optimized(
     if not choices:
         raise ModelUnavailable(f"no backend supports backend={backend!r} precision={precision!r}")
     reference, processor, image_size = _reference(model_dir)
+    architecture = type(reference.model).__name__
     refused: list[str] = []
+    unservable: list[str] = []  # choices that could not even be built or run, not merely inaccurate
     for choice_backend, choice_precision in choices:
         started = time.perf_counter()
-        file = None
-        if choice_backend == "onnxruntime":
-            file = out_dir / f"model-{choice_precision}.onnx"
-            _export_onnx(reference.model, image_size, file, choice_precision)
-            candidate: Any = OnnxBackend(file, choice_precision, threads=available_cpus())
-        elif choice_precision == "bf16":
-            candidate = TorchBf16Backend(_load_torch(model_dir))
-        else:
-            candidate = reference
-        report = check_accuracy(reference, candidate, processor, image_size, photos, min_cosine, min_top1)
+        file = out_dir / f"model-{choice_precision}.onnx" if choice_backend == "onnxruntime" else None
+        try:
+            candidate = _candidate(
+                model_dir, reference, processor, image_size, choice_backend, choice_precision, file
+            )
+            report = check_accuracy(reference, candidate, processor, image_size, photos, min_cosine, min_top1)
+        except Exception as error:  # an architecture this backend cannot export or run: refused here
+            if file is not None:
+                file.unlink(missing_ok=True)
+            why = f"{choice_backend} {choice_precision} cannot serve {architecture}: {_first_line(error)}"
+            log.warning("backend refused", extra={"reason": why})
+            refused.append(why)
+            unservable.append(why)
+            continue
         seconds = round(time.perf_counter() - started, 1)
         log.info("accuracy guard", extra={"report": report.as_dict(), "seconds": seconds})
         if report.passed:
@@ -334,9 +340,47 @@ def export_optimized(
         )
         if file is not None:
             file.unlink(missing_ok=True)
+    if len(unservable) == len(refused):
+        raise ModelUnavailable(
+            "; ".join(unservable) + ". Serve it with PyTorch instead (--optimize torch --precision fp32, "
+            "or no --optimize): PyTorch runs every transformers architecture."
+        )
     raise AccuracyError(
         "the optimised model drifts from fp32 PyTorch beyond the bound: " + "; ".join(refused)
     )
+
+
+def _candidate(
+    model_dir: Path,
+    reference: Any,
+    processor: Any,
+    image_size: tuple[int, int],
+    backend: str,
+    precision: str,
+    file: Path | None,
+) -> Any:
+    """The backend to check against the reference: exported (ONNX) or converted (bf16) as needed."""
+    if backend == "onnxruntime":
+        from space.classifier import PROBE_SIZE, processed_size
+
+        portrait = processed_size(processor, PROBE_SIZE[::-1])  # image_size came from a landscape image
+        if portrait != image_size:  # an exported graph has one input size; PyTorch takes any
+            raise ModelUnavailable(
+                f"the image processor keeps the aspect ratio ({image_size[0]}x{image_size[1]} and "
+                f"{portrait[0]}x{portrait[1]} inputs), and an ONNX export has one input size"
+            )
+        assert file is not None
+        _export_onnx(reference.model, image_size, file, precision)
+        return OnnxBackend(file, precision, threads=available_cpus())
+    if precision == "bf16":
+        return TorchBf16Backend(_load_torch(model_dir))
+    return reference
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error, bounded: exporter errors can be pages long."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {(lines[0] if lines else '')[:300]}"
 
 
 class _Reference:
@@ -363,10 +407,10 @@ def _load_torch(model_dir: Path) -> Any:
 def _reference(model_dir: Path) -> tuple[_Reference, Any, tuple[int, int]]:
     from transformers import AutoImageProcessor
 
-    from space.classifier import _image_size
+    from space.classifier import processed_size
 
     processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
-    return _Reference(_load_torch(model_dir)), processor, _image_size(processor)
+    return _Reference(_load_torch(model_dir)), processor, processed_size(processor)
 
 
 def _export_onnx(model: Any, image_size: tuple[int, int], path: Path, precision: str) -> None:

@@ -200,31 +200,36 @@ def gather_examples(manifest: Path | None, out: Path, examples_from: Path | None
 def prove(model_dir: Path, examples_dir: Path | None, examples: Sequence[Example]) -> tuple[int, list[dict]]:
     """Load the baked folder offline and classify the examples (a grey image if there are none).
 
-    Returns the number of labels and one ``{file, label, score}`` per image; prints each top-1.
+    Returns the number of labels and one ``{file, label, score}`` per image; prints each top-1, scored
+    as the server scores it (the model's default: softmax, or sigmoid for multi-label models).
     """
     import torch
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from space.classifier import default_function, processed_size, scores
 
     try:
         processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
         model = AutoModelForImageClassification.from_pretrained(model_dir, local_files_only=True).eval()
     except Exception as exc:
         raise BakeError(f"the baked model does not load offline: {type(exc).__name__}: {exc}") from None
-    id2label = model.config.id2label
+    height, width = processed_size(processor)
+    id2label, function = model.config.id2label, default_function(model.config)
     images = [(e.file, Image.open(examples_dir / e.file).convert("RGB"), e.expected) for e in examples]
     if not images:
-        images = [("<grey 224x224>", Image.new("RGB", (224, 224), (128, 128, 128)), [])]
+        images = [(f"<grey {width}x{height}>", Image.new("RGB", (width, height), (128, 128, 128)), [])]
     results = []
     for name, image, expected in images:
         with torch.inference_mode():
-            probs = model(**processor(images=image, return_tensors="pt")).logits.softmax(-1)[0]
-        score, idx = probs.max(-1)
-        label = id2label[int(idx)]
-        print(f"{name}: {label} ({float(score):.3f})", flush=True)
+            logits = model(**processor(images=image, return_tensors="pt")).logits[0].float().numpy()
+        values = scores(logits, function)
+        idx = int(values.argmax())
+        label, score = id2label[idx], float(values[idx])
+        print(f"{name}: {label} ({score:.3f})", flush=True)
         if expected and label not in expected:
             _log(f"WARNING: {name}: top-1 {label!r} is not among the expected {expected}")
-        results.append({"file": name, "label": label, "score": round(float(score), 4)})
+        results.append({"file": name, "label": label, "score": round(score, 4)})
     return len(id2label), results
 
 

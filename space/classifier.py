@@ -28,6 +28,10 @@ from space.errors import BadParameter, ModelUnavailable
 log = logging.getLogger(__name__)
 
 BAKE_MANIFEST = "vit-space-manifest.json"
+# How logits become scores: transformers' ImageClassificationPipeline ``function_to_apply`` values.
+FUNCTIONS = ("sigmoid", "softmax", "none")
+# The blank image the processor is run on once to learn the input size it really produces.
+PROBE_SIZE = (640, 480)
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,9 @@ class ModelInfo:
     path: str
     architecture: str
     num_labels: int
-    image_size: tuple[int, int]
+    image_size: tuple[int, int]  # (height, width), as the processor produces it
     backend: str
+    function_to_apply: str = "softmax"  # the model's default: sigmoid for multi-label checkpoints
     load_seconds: float = 0.0
     bake: dict[str, Any] | None = None
     optimized: dict[str, Any] | None = None  # the bake step's optimized.json (backend, guard report)
@@ -84,48 +89,104 @@ class TorchBackend:
 class Classifier:
     """Images in, top-k ``Prediction`` lists out. Safe to call from many threads at once."""
 
-    def __init__(self, processor: Any, backend: Backend, id2label: dict[int, str], info: ModelInfo) -> None:
+    def __init__(
+        self,
+        processor: Any,
+        backend: Backend,
+        id2label: dict[int, str],
+        info: ModelInfo,
+        function_to_apply: str = "softmax",
+    ) -> None:
         self.processor = processor
         self.backend = backend
         self.labels = [id2label[i] for i in range(len(id2label))]
         self.info = info
+        self.function_to_apply = check_function(function_to_apply)
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
 
     def check_top_k(self, top_k: int) -> int:
-        """``top_k`` if it is valid for this model, else a 422 that says the allowed range."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= self.num_labels:
+        """``top_k`` capped at the number of classes (as the pipeline does), else a 422 below 1."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise BadParameter(
-                f"top_k must be a whole number from 1 to {self.num_labels} (this model's number of "
-                f"classes); got {top_k!r}."
+                f"top_k must be a whole number of at least 1 (this model has {self.num_labels} classes; "
+                f"more returns them all); got {top_k!r}."
             )
-        return top_k
+        return min(top_k, self.num_labels)
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The model's own processor configuration (resize, crop, normalise), as float32 NCHW."""
         batch = self.processor(images=list(images), return_tensors="np")["pixel_values"]
         return np.ascontiguousarray(batch, dtype=np.float32)
 
-    def classify(self, images: Sequence[Image.Image], top_k: int) -> list[list[Prediction]]:
-        """Top-``top_k`` labels for each image, by softmax probability, highest first."""
-        self.check_top_k(top_k)
+    def classify(
+        self, images: Sequence[Image.Image], top_k: int, function_to_apply: str | None = None
+    ) -> list[list[Prediction]]:
+        """Top-``top_k`` labels for each image, highest score first (scores: see :meth:`top_k`)."""
+        top_k = self.check_top_k(top_k)
         metrics.observe_batch(len(images))
         logits = self.backend.logits(self.preprocess(images))
-        return [self.top_k(row, top_k) for row in logits]
+        return [self.top_k(row, top_k, function_to_apply) for row in logits]
 
     def warm_up(self) -> None:
         """One inference on a blank image, so the first user does not pay for lazy initialisation."""
         height, width = self.info.image_size
         self.classify([Image.new("RGB", (width, height), (127, 127, 127))], top_k=1)
 
-    def top_k(self, logits: np.ndarray, top_k: int) -> list[Prediction]:
-        """Top-``top_k`` labels of one row of logits, by softmax probability (also for the batcher)."""
-        shifted = logits.astype(np.float64) - logits.max()
-        probabilities = np.exp(shifted) / np.exp(shifted).sum()
-        order = np.argsort(-probabilities, kind="stable")[:top_k]
-        return [Prediction(self.labels[i], float(probabilities[i])) for i in order]
+    def top_k(self, logits: np.ndarray, top_k: int, function_to_apply: str | None = None) -> list[Prediction]:
+        """Top-``top_k`` labels of one row of logits (also for the batcher), scored like transformers'
+        image-classification pipeline: ``function_to_apply`` or the model's default, ties in label order."""
+        values = scores(logits, function_to_apply or self.function_to_apply)
+        order = np.argsort(-values, kind="stable")[: min(top_k, self.num_labels)]
+        return [Prediction(self.labels[i], float(values[i])) for i in order]
+
+
+def check_function(value: object) -> str:
+    """A ``function_to_apply`` value (any case, as the pipeline accepts), else a 422 naming the three."""
+    if isinstance(value, str) and value.strip().lower() in FUNCTIONS:
+        return value.strip().lower()
+    raise BadParameter(
+        f"function_to_apply must be one of {', '.join(FUNCTIONS)} (sigmoid: independent probabilities, "
+        f"softmax: probabilities that sum to 1, none: raw logits); got {repr(value)[:80]}. Leave it out "
+        "for the model's default."
+    )
+
+
+def default_function(config: Any) -> str:
+    """The pipeline's default: none for regression, sigmoid for multi-label or one-label models, else
+    softmax (transformers ImageClassificationPipeline.postprocess)."""
+    problem_type = getattr(config, "problem_type", None)
+    if problem_type == "regression":
+        return "none"
+    if problem_type == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+def scores(logits: np.ndarray, function_to_apply: str) -> np.ndarray:
+    """One row of logits as scores: sigmoid, softmax or the logits themselves, in float32 as the pipeline
+    computes them (so scores that underflow to 0 tie, and keep label order, as they do there)."""
+    values = np.asarray(logits, dtype=np.float32)
+    if function_to_apply == "sigmoid":
+        with np.errstate(over="ignore"):  # exp(-x) is inf for very negative logits: the score is 0
+            return 1.0 / (1.0 + np.exp(-values))
+    if function_to_apply == "softmax":
+        shifted = np.exp(values - values.max())
+        return shifted / shifted.sum()
+    return values
+
+
+def processed_size(processor: Any, size: tuple[int, int] = PROBE_SIZE) -> tuple[int, int]:
+    """The (height, width) the processor really produces for a blank ``size`` (width, height) image.
+
+    Config fields lie: a ``crop_size`` stays in the file when ``do_center_crop`` is false (BEiT,
+    EfficientNet), and ``crop_pct`` or ``shortest_edge`` rules decide the size in code; so run it.
+    """
+    blank = Image.new("RGB", size, (127, 127, 127))
+    height, width = processor(images=blank, return_tensors="np")["pixel_values"].shape[-2:]
+    return int(height), int(width)
 
 
 def resolve_model(model: str, revision: str | None) -> tuple[Path, str | None]:
@@ -205,8 +266,9 @@ def load(
         path=str(path),
         architecture=(config.architectures or [type(network).__name__])[0],
         num_labels=len(config.id2label),
-        image_size=_image_size(processor),
+        image_size=processed_size(processor),
         backend=f"{backend}-{precision}",
+        function_to_apply=default_function(config),
         bake=_read_bake_manifest(path),
         versions={
             "python": platform.python_version(),
@@ -216,21 +278,19 @@ def load(
     )
     info.optimized = optimized
     engine = backends.create_backend(path, network, backend, precision, threads, workers)
-    classifier = Classifier(processor, engine, {int(k): v for k, v in config.id2label.items()}, info)
-    classifier.warm_up()
+    labels = {int(k): v for k, v in config.id2label.items()}
+    classifier = Classifier(processor, engine, labels, info, info.function_to_apply)
+    try:
+        classifier.warm_up()
+    except Exception as error:
+        raise ModelUnavailable(
+            f"The model in {str(path)!r} loads but fails its first inference on a blank "
+            f"{info.image_size[1]}x{info.image_size[0]} image ({info.backend}): {_first_line(error)}. "
+            "Re-bake it (python -m space bake) or serve it with SPACE_BACKEND=torch."
+        ) from None
     info.load_seconds = round(time.perf_counter() - started, 3)
     log.info("model loaded", extra={"model": model, "path": str(path), "seconds": info.load_seconds})
     return classifier
-
-
-def _image_size(processor: Any) -> tuple[int, int]:
-    """The (height, width) the processor produces, for the warm-up image."""
-    size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-    size = dict(size) if not isinstance(size, dict) else size
-    if "height" in size:
-        return int(size["height"]), int(size["width"])
-    edge = int(size.get("shortest_edge", 224))
-    return edge, edge
 
 
 def _read_bake_manifest(path: Path) -> dict[str, Any] | None:

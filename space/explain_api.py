@@ -4,7 +4,6 @@ overlay) and ``GET /labels`` (what ``target`` may name). The body is read exactl
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -97,11 +96,8 @@ async def explain(
         raise NotReady("The model is still loading; retry in a few seconds.")
     # Admission first, as for /predict: when full, 503 at once and the body is never read.
     with request.app.state.admission.slot(explainer.weight) as slot:
-        data = (await api.read_image(request, runtime.limits.max_bytes))[0]
-        if target is None and request.headers.get("content-type", "").split(";")[0].strip().lower() == (
-            "application/json"
-        ):
-            parameters = json.loads(await request.body()).get("parameters") or {}  # checked by parse_json
+        data, parameters = await api.read_image(request, runtime.limits.max_bytes)
+        if target is None:
             target = parameters.get("target")
         explanation, image = await explainer.run_bytes(data, target, slot)
     if output == "png":

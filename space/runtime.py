@@ -101,34 +101,41 @@ class Runtime:
         return thread
 
     def resolve_top_k(self, top_k: int | None) -> int:
-        """The requested ``top_k`` (validated against the model) or the configured default, capped."""
-        labels = self.classifier.num_labels
+        """The requested ``top_k`` (at least 1, capped at the number of classes) or the configured
+        default, capped the same way."""
         if top_k is None:
-            return min(self.settings.top_k, labels)
+            return min(self.settings.top_k, self.classifier.num_labels)
         return self.classifier.check_top_k(top_k)
 
-    def classify_bytes(self, data: bytes, top_k: int | None = None) -> list[Prediction]:
-        """Decode and classify one uploaded image (the API's path)."""
+    def classify_bytes(
+        self, data: bytes, top_k: int | None = None, function_to_apply: str | None = None
+    ) -> list[Prediction]:
+        """Decode and classify one uploaded image (the API's path); ``function_to_apply`` None is the
+        model's default (sigmoid for multi-label models, softmax otherwise)."""
         model = self.classifier
         k = self.resolve_top_k(top_k)
         with self._decoding:
             pixels = model.preprocess([decode(data, self.limits, self.draft_size)])[0]
-        return self._predict(model, pixels, k)
+        return self._predict(model, pixels, k, function_to_apply)
 
-    def classify_file(self, path: str | Path, top_k: int | None = None) -> list[Prediction]:
+    def classify_file(
+        self, path: str | Path, top_k: int | None = None, function_to_apply: str | None = None
+    ) -> list[Prediction]:
         """Decode and classify one image file (the UI's and CLI's path), with the same checks."""
         model = self.classifier
         k = self.resolve_top_k(top_k)
         with self._decoding:
             pixels = model.preprocess([read_file(path, self.limits, self.draft_size)])[0]
-        return self._predict(model, pixels, k)
+        return self._predict(model, pixels, k, function_to_apply)
 
-    def _predict(self, model: Classifier, pixels: np.ndarray, top_k: int) -> list[Prediction]:
+    def _predict(
+        self, model: Classifier, pixels: np.ndarray, top_k: int, function_to_apply: str | None
+    ) -> list[Prediction]:
         """Through the batcher, so concurrent requests share backend calls."""
         assert self.batcher is not None
         with metrics.QUEUE_DEPTH.track_inprogress():
             row = self.batcher.submit(pixels)
-        return model.top_k(row, top_k)
+        return model.top_k(row, top_k, function_to_apply)
 
 
 def draft_size(processor: object) -> tuple[int, int]:

@@ -74,7 +74,8 @@ def build_ui(
             top_k: How many classes to return, from 1 to 20.
 
         Returns:
-            The top classes with their probabilities, and the inference time.
+            The top classes with their scores (the model's own: softmax probabilities, or independent
+            sigmoid ones for a multi-label model), and the inference time.
         """
         # Unprocessed event payload (preprocess=False): an unreadable file reaches our checks and gets
         # their message, instead of Gradio's own decoding error naming a temporary path.

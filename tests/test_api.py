@@ -139,7 +139,7 @@ BAD_REQUESTS = {
     "invalid json": (dict(content=b"{oops", headers={"content-type": "application/json"}), 400, "JSON"),
     "multipart without file": (dict(data={"x": "1"}, files={"other": ("a.txt", b"", "text/plain")}), 400, ""),
 }
-BAD_TOP_K = ["0", "-1", "100000", "abc", "1.5"]
+BAD_TOP_K = ["0", "-1", "abc", "1.5"]
 
 
 @pytest.mark.parametrize("name", BAD_REQUESTS)
@@ -240,7 +240,8 @@ def test_tiny_vit_serves_the_vit_path(vit_server: Server, photos: list[Photo]) -
     result = post_image(vit_server, photos[0].path.read_bytes()).json()
     assert len(result) == 3  # SPACE_TOP_K=3
     assert all(item["label"].startswith("class ") for item in result)
-    assert post_image(vit_server, photos[0].path.read_bytes(), top_k=10).status_code == 200
-    assert post_image(vit_server, photos[0].path.read_bytes(), top_k=11).status_code == 422
+    assert len(post_image(vit_server, photos[0].path.read_bytes(), top_k=10).json()) == 10
+    # More than the model has returns them all, as transformers' pipeline does.
+    assert len(post_image(vit_server, photos[0].path.read_bytes(), top_k=100000).json()) == 10
     with vit_server.client() as client:
         assert client.get("/info").json()["model"]["architecture"] == "ViTForImageClassification"
