@@ -4,7 +4,8 @@ Why occlusion: it needs nothing but the model's forward pass, so it works for ev
 baked runtime (PyTorch fp32/bf16, ONNX Runtime fp32/int8) without changing the exported model and without
 torch at serve time. Each cell of a rows x cols grid over the user's image is hidden in turn (a rectangle
 of the processor's mean colour pasted on a copy, mid-grey when it does not normalise); every copy goes
-through the model's own processor, and the cell's value is how much the target class's probability drops.
+through the model's own processor, and the cell's value is how much the target class's score drops (the
+model's default scores, as ``/predict`` gives them: softmax, or sigmoid for a multi-label model).
 Occluding the image itself, before the processor, makes the grid map exactly onto the user's picture
 whatever the resize and crop rules; a cell the processor crops away leaves the model's input unchanged,
 is not run, and gets 0 (the model never saw it). Drops are clipped at 0 and divided by the largest.
@@ -29,7 +30,7 @@ from PIL import Image
 
 from space import metrics
 from space.admission import Admission, DeadlineExceeded, Overloaded, Slot
-from space.classifier import Classifier
+from space.classifier import Classifier, scores
 from space.errors import BadParameter, UserError
 from space.images import decode, read_file
 from space.runtime import Runtime
@@ -90,12 +91,6 @@ def cell_boxes(width: int, height: int, rows: int, cols: int) -> list[tuple[int,
     xs = np.linspace(0, width, cols + 1).round().astype(int)
     ys = np.linspace(0, height, rows + 1).round().astype(int)
     return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(rows) for c in range(cols)]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits)
-    exp = np.exp(shifted)
-    return exp / exp.sum()
 
 
 def resolve_target(labels: list[str], target: object, probabilities: np.ndarray | None = None) -> int:
@@ -163,7 +158,8 @@ def explain(
     index = resolve_target(classifier.labels, target) if named else None  # a bad target costs no pass
     work = working_copy(image, max_edge)
     base = classifier.preprocess([work])
-    probabilities = softmax(run(base)[0])
+    function = classifier.function_to_apply  # the model's own scores, as /predict gives by default
+    probabilities = scores(run(base)[0], function)
     index = resolve_target(classifier.labels, target, probabilities) if index is None else index
     score = float(probabilities[index])
     passes = 1
@@ -187,7 +183,7 @@ def explain(
             return 0  # cropped away by the processor: the model never sees these cells
         logits = run(np.ascontiguousarray(pixels[seen]))
         for i, row in zip(seen, logits, strict=True):
-            drops[start + i] = score - softmax(row)[index]
+            drops[start + i] = score - scores(row, function)[index]
         return len(seen)
 
     passes += sum(map(run_chunk, range(0, len(boxes), chunk)))

@@ -276,9 +276,9 @@ def servers(
     bake_once: Callable[[str, str, str], Baked],
     server_factory: Callable[..., Server],
 ) -> Iterator[dict[str, Server]]:
-    """Real servers, all started at once so that their start-ups overlap: each architecture's ONNX Runtime
-    fp32 bake (a non-PyTorch artifact must start), and the multi-label checkpoint as a plain folder."""
-    wanted = {"multilabel_vit plain": checkpoints["multilabel_vit"]}
+    """Real servers, all started at once so that their start-ups overlap: each architecture as a plain
+    folder (PyTorch) and as its ONNX Runtime fp32 bake (a non-PyTorch artifact must start)."""
+    wanted = {f"{name} plain": folder for name, folder in checkpoints.items()}
     for name in checkpoints:
         baked = bake_once(name, "onnxruntime", "fp32")
         assert baked.folder is not None, baked.error
@@ -344,28 +344,20 @@ def ask_inference_client(url: str, photo: Path, name: str, expected: dict) -> No
         assert_same([{"label": g.label, "score": g.score} for g in got], want, f"{name} {function} {top_k}")
 
 
-# --- Plain folders: the serving code in-process; the multi-label one over HTTP ---------------------------
+# --- Plain folders over HTTP ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", BY_NAME)
 def test_plain_folder_is_served_like_the_pipeline(
-    name: str, checkpoints: dict[str, Path], expected: dict, photo: Path
+    name: str, servers: dict[str, Server], checkpoints: dict[str, Path], expected: dict, photo: Path
 ) -> None:
-    runtime = served_runtime(checkpoints[name])
-    try:
-        info = runtime.info
-        assert (
-            info is not None
-            and info.backend == "torch-fp32"
-            and info.architecture == BY_NAME[name].model_class
-        )
-        assert info.image_size == input_size(checkpoints[name]), info  # what the processor really makes
-        for function, top_k in REQUESTS:
-            got = [vars(p) for p in runtime.classify_file(photo, top_k, function)]
-            want = expected[name][function][: min(top_k or 5, NUM_LABELS)]
-            assert_same(got, want, f"{name} {function} {top_k}")
-    finally:
-        close(runtime)
+    server = servers[f"{name} plain"]
+    ask_inference_client(server.url, photo, name, expected)
+    with server.client() as http:
+        info = http.get("/info").json()["model"]
+    assert info["backend"] == "torch-fp32" and info["architecture"] == BY_NAME[name].model_class
+    # The size the processor really makes, not a config field.
+    assert tuple(info["image_size"]) == input_size(checkpoints[name]), info
 
 
 def test_multi_label_plain_folder_scores_independent_sigmoids_by_default(
