@@ -97,49 +97,48 @@ def info(runtime: RuntimeDep) -> dict[str, Any]:
     }
 
 
+def image_request_body(description: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads an image the three ways :func:`read_image` does."""
+    binary = {"type": "string", "format": "binary"}
+    inputs = {
+        "type": "string",
+        "description": "the image, base64-encoded or as a data:image/...;base64, URI "
+        "(never a URL: the server does not fetch)",
+    }
+    json_body = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {"inputs": inputs, "parameters": {"type": "object", "properties": parameters}},
+    }
+    return {
+        "requestBody": {
+            "description": description,
+            "content": {
+                "image/*": {"schema": binary},
+                "application/json": {"schema": json_body},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {"file": binary}}},
+            },
+        }
+    }
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503, 504)
+}
+
+
 @router.post(
     "/predict",
     tags=["inference"],
     response_model=list[Label],
-    responses={code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503, 504)},
-    openapi_extra={
-        "requestBody": {
-            "description": ACCEPTED,
-            "content": {
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["inputs"],
-                        "properties": {
-                            "inputs": {
-                                "type": "string",
-                                "description": "the image, base64-encoded or as a data:image/...;base64, "
-                                "URI (never a URL: the server does not fetch)",
-                            },
-                            "parameters": {
-                                "type": "object",
-                                "properties": {
-                                    "top_k": {"type": "integer", "minimum": 1},
-                                    "function_to_apply": {
-                                        "type": "string",
-                                        "enum": list(FUNCTIONS),
-                                        "description": FUNCTION_HELP,
-                                    },
-                                },
-                            },
-                        },
-                    }
-                },
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"file": {"type": "string", "format": "binary"}},
-                    }
-                },
-            },
-        }
-    },
+    responses=ERROR_RESPONSES,
+    openapi_extra=image_request_body(
+        ACCEPTED,
+        {
+            "top_k": {"type": "integer", "minimum": 1},
+            "function_to_apply": {"type": "string", "enum": list(FUNCTIONS), "description": FUNCTION_HELP},
+        },
+    ),
 )
 async def predict(
     request: Request,

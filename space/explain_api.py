@@ -51,35 +51,12 @@ def get_explainer(request: Request) -> Explainer:
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
             "description": "The map as JSON, or with ?format=png the image with the map laid over it.",
         },
-        **{code: {"model": api.ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503, 504)},
+        **api.ERROR_RESPONSES,
     },
-    openapi_extra={
-        "requestBody": {
-            "description": api.ACCEPTED.replace('"top_k": N', '"target": "<label or index>"'),
-            "content": {
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["inputs"],
-                        "properties": {
-                            "inputs": {"type": "string", "description": "base64-encoded image"},
-                            "parameters": {
-                                "type": "object",
-                                "properties": {"target": {"type": ["string", "integer"]}},
-                            },
-                        },
-                    }
-                },
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"file": {"type": "string", "format": "binary"}},
-                    }
-                },
-            },
-        }
-    },
+    openapi_extra=api.image_request_body(
+        api.ACCEPTED.replace('"top_k": N', '"target": "<label or index>"'),
+        {"target": {"type": ["string", "integer"]}},
+    ),
 )
 async def explain(
     request: Request,

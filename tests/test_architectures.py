@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from huggingface_hub import InferenceClient
@@ -26,7 +24,7 @@ from space.backends import MIN_COSINE, OPTIMIZED_MANIFEST, SUPPORTED
 from space.bake import BakeError, bake
 from space.runtime import Runtime
 from space.settings import Settings
-from tests.conftest import Photo, Server
+from tests.conftest import Photo, Server, wait_until_ready
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -286,25 +284,12 @@ def servers(
     env = {"SPACE_THREADS": "1", "SPACE_TOP_K": "5"}  # 5: the pipeline's default top_k
     started = {key: server_factory(folder, env=env, wait_ready=False) for key, folder in wanted.items()}
     for server in started.values():
-        wait_ready(server)
+        wait_until_ready(server, timeout=300)
     yield started
     for server in started.values():  # disposable: a graceful stop costs each about 2.5 s of CPU at exit
         server.process.kill()
     for server in started.values():
         server.process.wait()
-
-
-def wait_ready(server: Server, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.process.poll() is None, f"the server exited at start-up:\n{server.log()[-3000:]}"
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"not ready in {timeout} s:\n{server.log()[-3000:]}")
 
 
 def served_runtime(folder: Path) -> Runtime:
