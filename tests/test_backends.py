@@ -108,12 +108,16 @@ def test_onnx_runs_a_lone_call_wide_and_overlapping_calls_narrow_with_the_same_a
     start = threading.Barrier(4)
 
     def overlapping(_: int) -> list[np.ndarray]:
+        # The tiny model runs in microseconds, so calls may not overlap at once: go on until they have.
         start.wait()
-        return [onnx.logits(pixels) for _ in range(5)]
+        rows = []
+        while len(rows) < 5 or (onnx.runs["narrow"] == 0 and len(rows) < 500):
+            rows.append(onnx.logits(pixels))
+        return rows
 
     with ThreadPoolExecutor(4) as pool:
         results = [row for rows in pool.map(overlapping, range(4)) for row in rows]
-    assert onnx.runs["wide"] + onnx.runs["narrow"] == 21 and onnx.runs["narrow"] > 0, onnx.runs
+    assert onnx.runs["wide"] + onnx.runs["narrow"] == 1 + len(results) and onnx.runs["narrow"] > 0, onnx.runs
     for row in results:  # both sessions hold the same model: one thread or two, the same logits
         np.testing.assert_allclose(row, alone, rtol=1e-4, atol=1e-5)
     # Without overlapping calls (one worker, or one thread) a second session would only cost memory.
