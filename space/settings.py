@@ -32,10 +32,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
     port: int = Field(
         7860,
-        ge=1,
+        ge=0,
         le=65535,
         validation_alias=AliasChoices("SPACE_PORT", "PORT", "port"),
-        description="TCP port; PORT (Cloud Run and similar hosts) is honoured too.",
+        description="TCP port (0: any free one, logged); PORT (Cloud Run and similar hosts) is honoured too.",
     )
     examples_dir: Path = Field(Path("examples"), description="Folder of example images shown in the UI.")
     max_upload_mb: float = Field(10.0, gt=0, le=1024, description="Largest accepted upload, in megabytes.")

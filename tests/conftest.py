@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -84,19 +84,31 @@ def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class PortNotBound(AssertionError):
+    """The server's start-up line (with its port) is not in its log yet."""
 
 
 @dataclass
 class Server:
-    """A real ``python -m space serve`` process on a loopback port."""
+    """A real ``python -m space serve`` process on a loopback port.
+
+    The server binds port 0 (the kernel picks a free one) and its URL is read from uvicorn's start-up
+    line: choosing a port here and passing it in races with every other process binding ports, and with
+    many servers starting at once one of them lost that race in CI ("address already in use").
+    """
 
     process: subprocess.Popen[str]
-    url: str
     log_path: Path
+    bound_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self.bound_url is None:
+            found = re.search(r"Uvicorn running on (http://[0-9.]+:[0-9]+)", self.log())
+            if found is None:
+                raise PortNotBound(f"the server has not bound its port yet:\n{self.log()}")
+            self.bound_url = found.group(1)
+        return self.bound_url
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -124,12 +136,11 @@ def start_server(
     timeout: float = 120,
 ) -> Server:
     """Start the server as a user would (``python -m space serve``) and wait for ``/readyz``."""
-    port = free_port()
-    log_path = log_dir / f"server-{port}.log"
+    log_path = log_dir / "server.log"
     full_env = {
         **os.environ,
         "SPACE_MODEL": str(model),
-        "SPACE_PORT": str(port),
+        "SPACE_PORT": "0",
         "SPACE_HOST": "127.0.0.1",
         "SPACE_EXAMPLES_DIR": str(PHOTOS),
         "GRADIO_TEMP_DIR": str(log_dir / "gradio"),
@@ -145,7 +156,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             text=True,
         )
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    server = Server(process, log_path)
     if wait_ready:
         wait_until_ready(server, timeout)
     return server
@@ -159,7 +170,7 @@ def wait_until_ready(server: Server, timeout: float = 120) -> None:
         try:
             if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
                 return
-        except httpx.TransportError:
+        except (PortNotBound, httpx.TransportError):
             pass
         time.sleep(0.2)
     server.stop()

@@ -283,13 +283,15 @@ def servers(
         wanted[name] = baked.folder
     env = {"SPACE_THREADS": "1", "SPACE_TOP_K": "5"}  # 5: the pipeline's default top_k
     started = {key: server_factory(folder, env=env, wait_ready=False) for key, folder in wanted.items()}
-    for server in started.values():
-        wait_until_ready(server, timeout=300)
-    yield started
-    for server in started.values():  # disposable: a graceful stop costs each about 2.5 s of CPU at exit
-        server.process.kill()
-    for server in started.values():
-        server.process.wait()
+    try:
+        for server in started.values():
+            wait_until_ready(server, timeout=300)
+        yield started
+    finally:  # also when one failed to start: the others must not go on loading beside later tests
+        for server in started.values():  # disposable: a graceful stop costs each about 2.5 s of CPU
+            server.process.kill()
+        for server in started.values():
+            server.process.wait()
 
 
 def served_runtime(folder: Path) -> Runtime:

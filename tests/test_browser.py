@@ -97,8 +97,10 @@ def shown_classes(page: Page) -> int:
 def test_example_click_shows_top_class_model_and_time(open_page, photos: list[Photo]) -> None:
     recorded = open_page(viewport={"width": 1280, "height": 900})
     page = recorded.page
-    summary = page.locator("#model-summary").inner_text()
-    assert "efficientnet-lite0-imagenet" in summary and "revision" in summary, summary
+    # Filled in by the page's load event (its first render may still say "loading" on a slow machine).
+    summary = page.locator("#model-summary")
+    expect(summary).to_contain_text("revision", timeout=RESULT_TIMEOUT_MS)
+    expect(summary).to_contain_text("efficientnet-lite0-imagenet")
 
     example_button(page, "lion.jpg").click()
     assert top_class(page) in photo(photos, "lion.jpg").accepted
