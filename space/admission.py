@@ -83,11 +83,12 @@ class Admission:
         """Take ``weight`` slots or raise :class:`Overloaded` at once (never waits)."""
         with self._lock:
             if self._in_flight + weight > self.limit:
-                raise Overloaded(
-                    f"The server is busy ({self.limit} predictions in progress); retry in {RETRY_AFTER_S} s.",
-                    body_unread=body_unread,
-                )
+                raise Overloaded(self.busy_message(), body_unread=body_unread)
             self._in_flight += weight
+
+    def full(self) -> bool:
+        """No slot is free (a lock-free read: a hint for :mod:`space.door`; :meth:`enter` decides)."""
+        return self._in_flight >= self.limit
 
     def leave(self, weight: int = 1) -> None:
         with self._lock:
@@ -167,6 +168,9 @@ class Admission:
         """After a timeout: drop the work if it has not started (freeing its slots now)."""
         if work.cancel():
             self.leave(weight)
+
+    def busy_message(self) -> str:
+        return f"The server is busy ({self.limit} predictions in progress); retry in {RETRY_AFTER_S} s."
 
     def _queue_message(self) -> str:
         return (

@@ -24,6 +24,7 @@ from gradio.routes import App as GradioApp  # noqa: E402
 from space import __version__, api, explain_api, logs, metrics  # noqa: E402
 from space.admission import DEFAULT_WORKERS, Admission  # noqa: E402
 from space.admission import install_handlers as install_admission_handlers  # noqa: E402
+from space.door import AdmissionDoor  # noqa: E402
 from space.explain import Explainer  # noqa: E402
 from space.runtime import Runtime  # noqa: E402
 from space.security import install_security, secure_gradio, ui_credentials  # noqa: E402
@@ -32,6 +33,7 @@ from space.ui import THEME, build_ui  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+MODEL_ROUTES = frozenset({"/predict", "/explain"})  # refused at the door while admission is full
 UPLOAD_MAX_AGE_S = 600  # Gradio's copies of UI uploads are deleted after this long (and at shutdown)
 
 
@@ -74,9 +76,13 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     app.include_router(api.router)
     app.include_router(explain_api.router)
     app.add_api_route("/metrics", metrics.metrics_endpoint(runtime), methods=["GET"], include_in_schema=False)
-    # Outermost: every answer (401s and 503s included) gets a request id, a log line and a count.
+    # Every answer (401s and 503s included) gets a request id, a log line and a count.
     app.add_middleware(
         logs.RequestLogMiddleware, enabled=settings.request_log, on_done=metrics.observe_request
+    )
+    # Outermost: while every slot is taken, the model's routes are refused here, for almost no CPU.
+    app.add_middleware(
+        AdmissionDoor, admission=admission, routes=MODEL_ROUTES, on_refused=metrics.observe_refusal
     )
     if not settings.ui:  # API only: no page, no Gradio API, no MCP (the /predict ingress, programs)
         return app

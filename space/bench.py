@@ -185,6 +185,11 @@ class Process:
         """VmHWM: the most resident memory the server process has used so far."""
         return self._status_mb("VmHWM:")
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, all threads) the server process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         """VmRSS: the resident memory of the server process now."""
         return self._status_mb("VmRSS:")
@@ -256,6 +261,7 @@ class Overload:
     """Capacity with a few clients, then many more connections than slots, on the same server."""
 
     image: str
+    clients: str  # a key of CLIENT_KINDS: how refused clients come back
     capacity_clients: int
     capacity_images_per_s: float
     connections: int
@@ -269,16 +275,27 @@ class Overload:
     ok_p50_ms: float
     ok_p99_ms: float
     shed_p50_ms: float
+    refused_per_s: float
+    # Cores the server process used (CPU seconds / wall): with 2 cores, what it does not use went to the
+    # load generator on the same machine, or to nobody.
+    capacity_server_cores: float
+    server_cores: float
     rss_before_mb: float
     rss_after_mb: float
 
 
-def overload(url: str, body: bytes, connections: int, seconds: float) -> tuple[list[float], list[float], int]:
+# How refused clients come back: as the server asks (Retry-After), or pushing, 50 ms later.
+CLIENT_KINDS = {"polite": None, "pushy": 0.05}
+
+
+def overload(
+    url: str, body: bytes, connections: int, seconds: float, pause_s: float | None
+) -> tuple[list[float], list[float], int]:
     """``connections`` clients on one event loop, each POSTing back to back for ``seconds`` on its own
-    keep-alive connection (reopened when the server closes it); after a 503 a client pauses 50 ms (less
-    than Retry-After: a pushy client). Plain HTTP/1.1 on asyncio streams rather than an HTTP library: the
-    load generator shares the machine with the server it measures, and with 200 connections httpx's own
-    work took about half of the two cores here. Returns (ok latencies, 503 latencies, errors)."""
+    keep-alive connection (reopened when the server closes it); after a 503 a client waits ``pause_s``, or
+    (None) the ``Retry-After`` the server sent. Plain HTTP/1.1 on asyncio streams rather than an HTTP
+    library: the load generator shares the machine with the server it measures, and with 200 connections
+    httpx's own work took about half of the two cores here. Returns (ok latencies, 503 latencies, errors)."""
     import asyncio
 
     host, port = url.removeprefix("http://").rsplit(":", 1)
@@ -291,15 +308,16 @@ def overload(url: str, body: bytes, connections: int, seconds: float) -> tuple[l
     errors = [0]
     Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
-    async def exchange(stream: Stream) -> tuple[int, bool]:
-        """One request on ``stream``: (status, whether the server closes the connection)."""
+    async def exchange(stream: Stream) -> tuple[int, bool, float]:
+        """One request on ``stream``: (status, whether the server closes the connection, Retry-After)."""
         reader, writer = stream
         writer.write(request)
         await writer.drain()
         lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower().split("\r\n")
         fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
         await reader.readexactly(int(fields.get("content-length", "0")))
-        return int(lines[0].split(" ", 2)[1]), fields.get("connection") == "close"
+        retry_after = float(fields.get("retry-after", "1"))
+        return int(lines[0].split(" ", 2)[1]), fields.get("connection") == "close", retry_after
 
     async def client(stop_at: float) -> None:
         stream: Stream | None = None
@@ -307,10 +325,10 @@ def overload(url: str, body: bytes, connections: int, seconds: float) -> tuple[l
             began = time.perf_counter()
             try:
                 stream = stream or await asyncio.open_connection(host, int(port))
-                status, closed = await exchange(stream)
+                status, closed, retry_after = await exchange(stream)
             except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 errors[0] += 1
-                closed, status = True, 0
+                closed, status, retry_after = True, 0, 1.0
             took = time.perf_counter() - began
             if closed and stream is not None:
                 stream[1].close()
@@ -319,7 +337,7 @@ def overload(url: str, body: bytes, connections: int, seconds: float) -> tuple[l
                 ok.append(took)
             elif status == 503:
                 shed.append(took)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(retry_after if pause_s is None else pause_s)
             elif status:
                 errors[0] += 1
         if stream is not None:
@@ -335,32 +353,44 @@ def overload(url: str, body: bytes, connections: int, seconds: float) -> tuple[l
 
 def run_overload(
     server: Process, image: str, body: bytes, clients: int, connections: int, seconds: float
-) -> Overload:
+) -> list[Overload]:
+    """Capacity with ``clients``, then ``connections`` of each kind in CLIENT_KINDS, one after the other."""
+    cpu = server.cpu_s()
     latencies, _, wall = drive(server.url, body, clients, seconds)
-    capacity = len(latencies) / wall
-    before = server.rss_mb()
-    started = time.perf_counter()
-    ok, shed, errors = overload(server.url, body, connections, seconds)
-    wall = time.perf_counter() - started
-    total = len(ok) + len(shed) + errors
-    return Overload(
-        image=image,
-        capacity_clients=clients,
-        capacity_images_per_s=round(capacity, 2),
-        connections=connections,
-        seconds=round(wall, 2),
-        requests=total,
-        ok=len(ok),
-        shed=len(shed),
-        errors=errors,
-        goodput_images_per_s=round(len(ok) / wall, 2),
-        shed_rate=round(len(shed) / total, 4) if total else 0.0,
-        ok_p50_ms=round(1000 * percentile(ok, 50), 1),
-        ok_p99_ms=round(1000 * percentile(ok, 99), 1),
-        shed_p50_ms=round(1000 * percentile(shed, 50), 1),
-        rss_before_mb=before,
-        rss_after_mb=server.rss_mb(),
-    )
+    capacity, capacity_cores = len(latencies) / wall, (server.cpu_s() - cpu) / wall
+    results = []
+    for kind, pause_s in CLIENT_KINDS.items():
+        before = server.rss_mb()
+        cpu, started = server.cpu_s(), time.perf_counter()
+        ok, shed, errors = overload(server.url, body, connections, seconds, pause_s)
+        wall = time.perf_counter() - started
+        cores = (server.cpu_s() - cpu) / wall
+        total = len(ok) + len(shed) + errors
+        results.append(
+            Overload(
+                image=image,
+                clients=kind,
+                capacity_clients=clients,
+                capacity_images_per_s=round(capacity, 2),
+                connections=connections,
+                seconds=round(wall, 2),
+                requests=total,
+                ok=len(ok),
+                shed=len(shed),
+                errors=errors,
+                goodput_images_per_s=round(len(ok) / wall, 2),
+                shed_rate=round(len(shed) / total, 4) if total else 0.0,
+                ok_p50_ms=round(1000 * percentile(ok, 50), 1),
+                ok_p99_ms=round(1000 * percentile(ok, 99), 1),
+                shed_p50_ms=round(1000 * percentile(shed, 50), 1),
+                refused_per_s=round(len(shed) / wall, 1),
+                capacity_server_cores=round(capacity_cores, 2),
+                server_cores=round(cores, 2),
+                rss_before_mb=before,
+                rss_after_mb=server.rss_mb(),
+            )
+        )
+    return results
 
 
 def overload_line(o: Overload) -> str:
@@ -370,12 +400,13 @@ def overload_line(o: Overload) -> str:
         else ""
     )
     return (
-        f"overload ({o.image}): capacity with {o.capacity_clients} clients "
+        f"overload ({o.image}, {o.clients} clients): capacity with {o.capacity_clients} clients "
         f"{o.capacity_images_per_s:.1f} images/s; {o.connections} connections for {o.seconds:.0f} s: "
         f"goodput {o.goodput_images_per_s:.1f} images/s{share}, "
         f"shed {100 * o.shed_rate:.1f}% (503), other errors {o.errors}, admitted p50 {o.ok_p50_ms:.0f} ms "
-        f"p99 {o.ok_p99_ms:.0f} ms, 503 p50 {o.shed_p50_ms:.0f} ms; server RSS {o.rss_before_mb:.0f} -> "
-        f"{o.rss_after_mb:.0f} MB"
+        f"p99 {o.ok_p99_ms:.0f} ms, 503 p50 {o.shed_p50_ms:.0f} ms ({o.refused_per_s:.0f}/s); server on "
+        f"{o.server_cores:.2f} cores ({o.capacity_server_cores:.2f} at capacity); server RSS "
+        f"{o.rss_before_mb:.0f} -> {o.rss_after_mb:.0f} MB"
     )
 
 
@@ -665,7 +696,9 @@ def _overload_main(
         server.wait_ready()
         print(f"overload: {connections} connections for {seconds:g} s ...", file=sys.stderr, flush=True)
         results = [
-            run_overload(server, name, body, clients, connections, seconds) for name, body in images.items()
+            result
+            for name, body in images.items()
+            for result in run_overload(server, name, body, clients, connections, seconds)
         ]
     finally:
         server.stop()

@@ -97,6 +97,11 @@ def observe_request(scope: dict[str, Any], status: int, seconds: float) -> None:
     LATENCY.labels(route, method).observe(seconds)
 
 
+def observe_refusal(route: str) -> None:
+    """Count one request refused at the door (space/door.py): a 503 on a model route."""
+    REQUESTS.labels(route, "POST", "503").inc()
+
+
 class ModelCollector(Collector):
     """What the runtime serves, read at scrape time: model id, revision, backend, load time, readiness."""
 

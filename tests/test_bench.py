@@ -92,15 +92,22 @@ def test_quick_overload_prints_its_line(tiny_vit: Path, tmp_path: Path) -> None:
     command += ["--images", "640x480", "--connections", "20", "--json", str(out)]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = re.search(
-        r"^overload \(640x480\): capacity with 4 clients ([\d.]+) images/s; 20 connections for \d+ s: "
-        r"goodput ([\d.]+) images/s \(\d+% of capacity\), shed ([\d.]+)% \(503\), other errors (\d+), "
-        r"admitted p50 \d+ ms p99 \d+ ms, 503 p50 \d+ ms; server RSS \d+ -> \d+ MB$",
+    lines = re.findall(
+        r"^overload \(640x480, (polite|pushy) clients\): capacity with 4 clients ([\d.]+) images/s; "
+        r"20 connections for \d+ s: goodput ([\d.]+) images/s \(\d+% of capacity\), shed ([\d.]+)% \(503\), "
+        r"other errors (\d+), admitted p50 \d+ ms p99 \d+ ms, 503 p50 \d+ ms \(\d+/s\); "
+        r"server on ([\d.]+) cores \(([\d.]+) at capacity\); server RSS \d+ -> \d+ MB$",
         result.stdout,
         re.MULTILINE,
     )
-    assert line, result.stdout
-    assert float(line[1]) > 0 and float(line[2]) > 0 and float(line[3]) > 0 and line[4] == "0"
-    [data] = json.loads(out.read_text())["overload"]
-    assert data["ok"] > 0 and data["shed"] > 0 and data["ok_p50_ms"] <= data["ok_p99_ms"]
-    assert data["rss_before_mb"] > 50 and data["rss_after_mb"] > 50
+    assert [line[0] for line in lines] == ["polite", "pushy"], result.stdout
+    for _, capacity, goodput, shed, errors, cores, capacity_cores in lines:
+        assert float(capacity) > 0 and float(goodput) > 0 and float(shed) > 0 and errors == "0"
+        assert float(cores) > 0 and float(capacity_cores) > 0
+    polite, pushy = json.loads(out.read_text())["overload"]
+    assert polite["clients"] == "polite" and pushy["clients"] == "pushy"
+    for data in (polite, pushy):
+        assert data["ok"] > 0 and data["shed"] > 0 and data["ok_p50_ms"] <= data["ok_p99_ms"]
+        assert data["rss_before_mb"] > 50 and data["rss_after_mb"] > 50
+    # Polite clients wait the Retry-After second before they come back; pushy ones only 50 ms.
+    assert polite["refused_per_s"] < pushy["refused_per_s"]
