@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from space.admission import Admission, Overloaded
+from space.serving.admission import Admission, Overloaded
 from tests.conftest import Photo, Server
 
 
