@@ -51,6 +51,11 @@ RUN pip install --no-deps .
 
 # ---- bake-deps: plus CPU-only torch and onnx, which only the bake step (export, quantisation) needs ----
 FROM serve-deps AS bake-deps
+# (Build args are per stage: the pip settings again, for torch and onnx.)
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 ARG TORCH_VERSION=2.13.0
 # From the CPU index (PIP_EXTRA_INDEX_URL), so no CUDA libraries; then the `bake` extra (onnx).
 RUN pip install "torch==${TORCH_VERSION}" \
