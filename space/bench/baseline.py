@@ -6,8 +6,8 @@ Run as ``python -m space.bench.baseline MODEL_DIR PORT``; it uses nothing else o
 measures the naive design alone.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real Request class of the endpoints
+# defined inside main(), not a string it cannot resolve from this module's globals.
 import io
 import sys
 from typing import Any
