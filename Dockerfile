@@ -12,89 +12,114 @@
 # PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_CERT (the CA bundle file must be mounted/available).
 
 ARG BASE_IMAGE=python:3.11-slim
+# lean: the runtime carries no torch (and, when another runtime serves, no PyTorch weights);
+# torch: the runtime also carries CPU torch and the bake keeps the PyTorch weights (SPACE_BACKEND=torch works).
+ARG VARIANT=lean
 
 # Optional local inputs for the bake stage; empty unless replaced with --build-context NAME=DIR.
 FROM scratch AS model-src
 FROM scratch AS examples-src
 
-# ---- deps: a virtualenv in /opt/venv with CPU-only torch and the app ---------------------------------
-FROM ${BASE_IMAGE} AS deps
+# ---- serve-deps: a virtualenv in /opt/venv with what serving imports: no torch, no onnx ---------------
+FROM ${BASE_IMAGE} AS serve-deps
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
-ARG TORCH_VERSION=2.13.0
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
-# binutils: only to strip torch's shared libraries below; this stage is not shipped.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends binutils \
- && rm -rf /var/lib/apt/lists/*
-# torch first, from the CPU index, so the app's `torch>=2.4` pulls nothing (and no CUDA libraries).
-RUN python -m venv /opt/venv \
- && pip install "torch==${TORCH_VERSION}" \
- && python -c "import torch; assert torch.version.cuda is None, 'a CUDA build of torch was installed'"
 WORKDIR /src
-# Then the app's dependencies (a layer that survives app-code changes), then the app itself. Trimmed
-# (~400 MB, none of it used at run time): torch's C++ headers and C++ test binaries (torch_shm_manager
-# stays), the symbol tables of torch's libraries (strip --strip-unneeded: ~95 MB), the test suites of
-# numpy/pandas/sympy, the bytecode of the ~400 transformers model packages (only the one served is
-# imported; it compiles in milliseconds), Gradio's Node SSR bundle (no Node here; SSR is off), and pip.
+# The app's serving dependencies (a layer that survives app-code changes), then the app itself. Trimmed
+# (none of it used at run time): the test suites of numpy/pandas, the bytecode of the ~400 transformers
+# model packages (only the one served is imported; it compiles in milliseconds), and Gradio's Node SSR
+# bundle (no Node here; SSR is off).
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+RUN python -m venv /opt/venv \
+ && python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
       > /tmp/requirements.txt \
  && pip install --requirement /tmp/requirements.txt \
  && sp="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && rm -rf "$sp/torch/include" "$sp/torch/test" "$sp/pandas/tests" "$sp/gradio/templates/node" \
- && strip --strip-unneeded "$sp"/torch/lib/*.so* \
- && find "$sp/torch/bin" -type f ! -name torch_shm_manager -delete \
- && find "$sp/numpy" "$sp/sympy" -type d -name tests -prune -exec rm -rf {} + \
+ && rm -rf "$sp/pandas/tests" "$sp/gradio/templates/node" \
+ && find "$sp/numpy" -type d -name tests -prune -exec rm -rf {} + \
  && find "$sp/transformers/models" -mindepth 2 -maxdepth 2 -name __pycache__ ! -path '*/models/auto/*' \
       -exec rm -rf {} +
 COPY space/ space/
-RUN pip install --no-deps . \
- && pip uninstall --yes pip
+RUN pip install --no-deps .
 
-# ---- bake: fetch the pinned weights and the examples, prove they load, write the manifest ------------
-FROM deps AS bake
+# ---- bake-deps: plus CPU-only torch and onnx, which only the bake step (export, quantisation) needs ----
+FROM serve-deps AS bake-deps
+# (Build args are per stage: the pip settings again, for torch and onnx.)
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
+ARG TORCH_VERSION=2.13.0
+# From the CPU index (PIP_EXTRA_INDEX_URL), so no CUDA libraries; then the `bake` extra (onnx).
+RUN pip install "torch==${TORCH_VERSION}" \
+ && python -c "import torch; assert torch.version.cuda is None, 'a CUDA build of torch was installed'" \
+ && python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bake'], sep='\n')" \
+      > /tmp/bake.txt \
+ && pip install --requirement /tmp/bake.txt
+
+# ---- bake: fetch the pinned weights and the examples, export, prove they serve, write the manifest -----
+FROM bake-deps AS bake
+ARG VARIANT
 # Hub model id, or a folder path inside this stage (e.g. /mnt/model-src, the `model-src` build context).
 ARG MODEL_ID=google/vit-base-patch16-224
 # The pinned revision (commit sha) of google/vit-base-patch16-224; set it empty for a local folder.
 ARG MODEL_REVISION=3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3
 # Copy example images from this folder (e.g. /mnt/examples-src) instead of downloading them.
 ARG EXAMPLES_FROM=
-# The faster serving backend, exported and accuracy-checked here (python -m space bake --optimize), so
-# start-up converts nothing. Default: ONNX Runtime int8 (3.3x to 4.2x the PyTorch fp32 pipeline here; +90 MB
-# for ViT-B/16). `none` serves PyTorch fp32; `auto` picks by the *build* machine's CPU (and may pick
-# ONNX fp32, which adds the model's full size again).
+# The serving backend, exported and accuracy-checked here (python -m space bake --optimize), so start-up
+# converts nothing. Default: ONNX Runtime int8 (3.3x to 4.2x the PyTorch fp32 pipeline here). `none` serves
+# PyTorch fp32 (needs VARIANT=torch); `auto` picks by the *build* machine's CPU.
 ARG OPTIMIZE=onnxruntime
 ARG OPTIMIZE_PRECISION=int8
 COPY examples/ /src/examples/
 # The Hub token exists only during this RUN, as the BuildKit secret `HF_TOKEN`; bake never writes it.
+# The lean variant bakes a lean folder: the served file, config.json, preprocessor_config.json, manifests.
 RUN --mount=type=secret,id=HF_TOKEN \
     --mount=type=bind,from=model-src,target=/mnt/model-src \
     --mount=type=bind,from=examples-src,target=/mnt/examples-src \
+    if [ "$VARIANT" = torch ]; then set -- --keep-pytorch-weights; else set --; fi; \
     python -m space bake --model "$MODEL_ID" --revision "$MODEL_REVISION" \
       --output /opt/space/model \
       --examples-manifest /src/examples/manifest.json --examples-dir /opt/space/examples \
       --optimize "$OPTIMIZE" --precision "$OPTIMIZE_PRECISION" \
-      --token-file /run/secrets/HF_TOKEN ${EXAMPLES_FROM:+--examples-from "$EXAMPLES_FROM"}
+      --token-file /run/secrets/HF_TOKEN ${EXAMPLES_FROM:+--examples-from "$EXAMPLES_FROM"} "$@"
 
-# ---- runtime-venv: deps without what only the bake step uses -----------------------------------------
-# (~100 MB: onnx and ml_dtypes for export and quantisation, ONNX Runtime's quantisation and transformer
-# tools, hf_xet for Hub downloads, networkx for torch's compilers; and ONNX Runtime's C-API library,
-# which its Python binding does not load.) The serving process imports none of these modules, whichever
-# backend it serves (tests/test_backends.py), and infra/container-test.sh serves int8 without the library.
-FROM deps AS runtime-venv
+# ---- venv-lean: the serving venv, less what serving never loads --------------------------------------
+# (ONNX Runtime's quantisation, transformer-optimiser and tools packages and its C-API library, which the
+# Python binding does not load; hf_xet, for Hub downloads; pip.) The serving process imports none of
+# these (tests/test_backends.py serves with them hidden; tests/test_no_torch.py without torch and onnx).
+FROM serve-deps AS venv-lean
 RUN sp="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && rm -rf "$sp"/onnx "$sp"/onnx-*.dist-info "$sp"/ml_dtypes "$sp"/ml_dtypes-*.dist-info \
-      "$sp"/hf_xet "$sp"/hf_xet-*.dist-info "$sp"/networkx "$sp"/networkx-*.dist-info \
+ && rm -rf "$sp"/hf_xet "$sp"/hf_xet-*.dist-info \
       "$sp"/onnxruntime/quantization "$sp"/onnxruntime/transformers "$sp"/onnxruntime/tools \
-      "$sp"/onnxruntime/capi/libonnxruntime.so.*
+      "$sp"/onnxruntime/capi/libonnxruntime.so.* \
+ && pip uninstall --yes pip
+
+# ---- venv-torch: the bake venv with torch, trimmed, for those who serve PyTorch ----------------------
+# Trimmed (~400 MB): torch's C++ headers and test binaries (torch_shm_manager stays), the symbol tables
+# of its libraries (strip --strip-unneeded), sympy's tests, and pip. binutils: only for strip here.
+FROM bake-deps AS venv-torch
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/* \
+ && sp="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+ && rm -rf "$sp/torch/include" "$sp/torch/test" \
+ && strip --strip-unneeded "$sp"/torch/lib/*.so* \
+ && find "$sp/torch/bin" -type f ! -name torch_shm_manager -delete \
+ && find "$sp/sympy" -type d -name tests -prune -exec rm -rf {} + \
+ && pip uninstall --yes pip
+
+# The venv the runtime gets: VARIANT=lean (default) or VARIANT=torch.
+# hadolint ignore=DL3006
+FROM venv-${VARIANT} AS runtime-venv
 
 # ---- runtime: the venv, the baked model and examples; no compilers, pip, caches or tests -------------
 FROM ${BASE_IMAGE} AS runtime

@@ -13,7 +13,7 @@ MODEL ?= $(or $(SPACE_MODEL),$(DEFAULT_MODEL))
 DEFAULT_MODEL := google/vit-base-patch16-224
 DEFAULT_REVISION := 3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3
 REVISION ?= $(or $(SPACE_MODEL_REVISION),$(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_REVISION)))
-BAKED := models/$(notdir $(MODEL))
+BAKED := models/$(notdir $(patsubst %/,%,$(MODEL)))
 # Also bake the fastest backend that passes the accuracy guard on this CPU (none: plain PyTorch).
 OPTIMIZE ?= auto
 
@@ -23,13 +23,14 @@ $(VENV)/.installed: pyproject.toml
 	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[bake,test]'
 	touch $@
 
 install: $(VENV)/.installed
 
+# A folder that is already a bake is served as it is; any other folder or Hub id is baked once into models/.
 run: install
-	@if [ -d "$(MODEL)" ]; then \
+	@if [ -f "$(MODEL)/vit-space-manifest.json" ]; then \
 	  exec env SPACE_MODEL="$(MODEL)" $(PY) -m space serve; \
 	fi; \
 	if [ ! -f "$(BAKED)/vit-space-manifest.json" ]; then \

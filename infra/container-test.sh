@@ -16,8 +16,10 @@
 # BASE_IMAGE (podman: a python:3.11-slim to build on; default: pulled if a registry answers, else made
 # offline by infra/build-base-image.sh), KEEP_IMAGE=1 (podman: keep the
 # image), READY_TIMEOUT (s, default 180), EXPECT_EXAMPLES (files that must be baked; docker default:
-# "alligator.jpg laptop.jpg"), COLD_START_MAX (s, default 10: warn above), SIZE_MAX_MB (warn above),
-# EXPECT_BACKEND (what /info must say is served; default onnxruntime-int8, the Dockerfile's bake).
+# "alligator.jpg laptop.jpg"), COLD_START_MAX (s, default 5: warn above), SIZE_MAX_MB (default 800: warn
+# above), EXPECT_BACKEND (what /info must say is served; default onnxruntime-int8, the Dockerfile's bake),
+# VARIANT (podman: the Dockerfile's VARIANT, lean or torch; default lean: torch must not import inside, and
+# the baked folder must hold no PyTorch weights), RSS_REQUESTS (requests of the load run before RSS is read).
 set -euo pipefail
 
 ENGINE="${ENGINE:-podman}"
@@ -25,8 +27,11 @@ ROOT="$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 PHOTOS="$ROOT/tests/data/photos"
 READY_TIMEOUT="${READY_TIMEOUT:-180}"
-COLD_START_MAX="${COLD_START_MAX:-10}"
-SIZE_MAX_MB="${SIZE_MAX_MB:-1600}"
+COLD_START_MAX="${COLD_START_MAX:-5}"
+SIZE_MAX_MB="${SIZE_MAX_MB:-800}"
+VARIANT="${VARIANT:-lean}"
+RSS_REQUESTS="${RSS_REQUESTS:-200}"
+RSS_MB=""
 WORK="$(mktemp -d)"
 CANARY="hf_ContainerTestCanary$(od -An -N8 -tx1 /dev/urandom | tr -dc 0-9a-f)"
 SERVER_PID="" CTR="" CID="" MNT=""
@@ -97,7 +102,7 @@ if [[ "$ENGINE" == podman ]]; then
     --build-arg "BASE_IMAGE=$BASE"
     --build-context "model-src=$MODEL_DIR" --build-arg MODEL_ID=/mnt/model-src --build-arg MODEL_REVISION=
     --build-context "examples-src=$PHOTOS" --build-arg EXAMPLES_FROM=/mnt/examples-src
-    --build-arg "VCS_REF=$(git -C "$ROOT" rev-parse HEAD)"
+    --build-arg "VCS_REF=$(git -C "$ROOT" rev-parse HEAD)" --build-arg "VARIANT=$VARIANT"
     --secret "id=HF_TOKEN,src=$WORK/hf_token")
   # The host's CA bundle (a TLS proxy, if any) and a local wheel folder, if pip is configured with one.
   ca=/etc/ssl/certs/ca-certificates.crt
@@ -237,6 +242,21 @@ else
 fi
 echo "none found (canary secret, HF_TOKEN, $TOKEN_RE)"
 
+# ------------------------------------------------------------------- lean: no torch, no PyTorch weights
+if [[ "$ENGINE" == podman && "$VARIANT" == lean ]]; then
+  say "lean image: no torch, no onnx, only the served model file"
+  for module in torch onnx; do
+    if buildah run --isolation=chroot "$CTR" -- python -c "import $module" >"$WORK/import.log" 2>&1; then
+      fail "python -c 'import $module' works inside the lean image"
+    fi
+    echo "python -c 'import $module' fails inside the image: $(grep -m 1 'Error' "$WORK/import.log")"
+  done
+  find "$MNT/opt/space/model" -maxdepth 1 -type f -printf '  %9s  %f\n'
+  if find "$MNT/opt/space/model" -maxdepth 1 \( -name '*.safetensors' -o -name '*.bin' \) | grep -q .; then
+    fail "PyTorch weights in the lean image's model folder"
+  fi
+fi
+
 # ------------------------------------------------------------------------------ start the image's CMD
 PORT="$(free_port)"
 say "start the image's CMD on 127.0.0.1:$PORT"
@@ -373,6 +393,48 @@ for entry in listed:
 sys.exit(0 if ok else 1)
 EOF
 
+# ------------------------------------------------------------------ memory after warm-up and a load run
+if [[ -n "${APP_PID:-}" ]]; then
+  say "RSS of the serving process after $RSS_REQUESTS requests (4 clients, the baked examples)"
+  py "$PORT" "$WORK/examples" "$RSS_REQUESTS" <<'EOF' || fail "the load run before reading RSS"
+import sys, threading, urllib.request
+from pathlib import Path
+
+port, examples, total = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+bodies = [p.read_bytes() for p in sorted(examples.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+count, errors, lock = [0], [0], threading.Lock()
+
+
+def client():
+    while True:
+        with lock:
+            if count[0] >= total:
+                return
+            count[0] += 1
+            body = bodies[count[0] % len(bodies)]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict", data=body, headers={"Content-Type": "application/octet-stream"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                r.read()
+        except OSError:
+            with lock:
+                errors[0] += 1
+
+
+threads = [threading.Thread(target=client) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(f"{total} requests, {errors[0]} errors")
+sys.exit(1 if errors[0] else 0)
+EOF
+  RSS_MB="$(awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$APP_PID/status")"
+  echo "RSS: ${RSS_MB} MB (peak $(awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$APP_PID/status") MB)"
+fi
+
 # ------------------------------------------------------------------------------------------ report
 say "summary"
 echo "image:       $IMAGE ($ENGINE)"
@@ -381,6 +443,7 @@ size_mb=$((SIZE_BYTES / 1000000))
 echo "image size:  ${size_mb} MB"
 echo "layers (size, created by):"
 sed 's/^/  /' "$WORK/layers.txt"
+[[ -n "$RSS_MB" ]] && echo "serving RSS: ${RSS_MB} MB after warm-up and $RSS_REQUESTS requests"
 echo "cold start:  ${READY_S} s (start -> /readyz 200; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 if ((size_mb > SIZE_MAX_MB)); then echo "WARNING: image size ${size_mb} MB is above ${SIZE_MAX_MB} MB"; fi
 py "$READY_S" "$COLD_START_MAX" <<'EOF' || echo "WARNING: cold start ${READY_S} s is above ${COLD_START_MAX} s"

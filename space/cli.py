@@ -48,10 +48,8 @@ def serve(args: argparse.Namespace) -> int:
     limit_fragmentation()  # before any thread starts: keeps RSS flat under load (see space/memory.py)
     import uvicorn
 
-    from space.app import create_app
-    from space.classifier import resolve_model
+    from space.web.app import create_app
 
-    resolve_model(settings.model, settings.model_revision)  # fail before binding the port if it is missing
     failures: list[str] = []
 
     def stop(message: str) -> None:
@@ -59,6 +57,9 @@ def serve(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     app = create_app(settings, on_load_failure=stop)
+    # The model folder and the backend choice, once: a missing model or an unbaked runtime stops here,
+    # with one line, before the port is bound.
+    app.state.runtime.resolve()
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -88,7 +89,7 @@ def predict(args: argparse.Namespace) -> int:
     """Classify image files offline; one JSON object per image on stdout. Exit 1 if any failed."""
     settings = settings_from(args, PREDICT_FIELDS)
     configure_logging(settings)
-    from space.runtime import Runtime
+    from space.serving.pipeline import Runtime
 
     runtime = Runtime(settings)
     runtime.load()
@@ -106,7 +107,7 @@ def predict(args: argparse.Namespace) -> int:
 
 def configure_logging(settings: Settings) -> None:
     """JSON lines (text in a terminal) on stderr, for this app and the libraries it uses."""
-    from space import logs
+    from space.web import logs
 
     logs.configure(settings.log_level, settings.log_format)
     from transformers.utils import logging as transformers_logging
@@ -114,7 +115,9 @@ def configure_logging(settings: Settings) -> None:
     transformers_logging.disable_progress_bar()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``bake`` and ``bench`` get their options (and are imported) only when ``command`` is
+    theirs, so ``serve`` and ``predict`` never load build-time or benchmark code."""
     parser = argparse.ArgumentParser(
         prog="python -m space",
         description="vit-space: image classification with a Vision Transformer, served in-process.",
@@ -130,26 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(predict_parser, PREDICT_FIELDS)
     predict_parser.set_defaults(handler=predict)
 
-    from space import bake  # stdlib-only at import time; torch/transformers load inside bake()
-
     bake_parser = commands.add_parser(
         "bake", help="build time: fetch a model (Hub or folder) and the examples, verify, write a manifest"
     )
-    bake.add_arguments(bake_parser)
-    bake_parser.set_defaults(handler=bake.main_from_args)
+    if command == "bake":
+        from space import bake  # stdlib-only at import time; torch/transformers load inside bake()
 
-    from space import bench  # numpy only at import time; servers and models load inside
+        bake.add_arguments(bake_parser)
+        bake_parser.set_defaults(handler=bake.main_from_args)
 
     bench_parser = commands.add_parser(
         "bench", help="benchmark this server against the naive pipeline baseline over HTTP (not a test)"
     )
-    bench.add_arguments(bench_parser)
-    bench_parser.set_defaults(handler=bench.main_from_args)
+    if command == "bench":
+        from space import bench  # numpy only at import time; servers and models load inside
+
+        bench.add_arguments(bench_parser)
+        bench_parser.set_defaults(handler=bench.main_from_args)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -20,9 +20,11 @@ import pytest
 from huggingface_hub import InferenceClient
 from PIL import Image
 
-from space.backends import MIN_COSINE, OPTIMIZED_MANIFEST, SUPPORTED
+from space.backends.choice import SUPPORTED
 from space.bake import BakeError, bake
-from space.runtime import Runtime
+from space.bake.guard import MIN_COSINE
+from space.model.folder import OPTIMIZED_MANIFEST
+from space.serving.pipeline import Runtime
 from space.settings import Settings
 from tests.conftest import Photo, Server, wait_until_ready
 

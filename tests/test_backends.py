@@ -21,58 +21,65 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from space import backends
-from space.backends import AccuracyError, OnnxBackend, TorchBf16Backend
-from space.classifier import TorchBackend
-from space.images import ImageLimits, decode
-from space.runtime import Runtime, draft_size
+from space.backends.choice import check_choice
+from space.backends.onnx_runtime import OnnxBackend
+from space.backends.pytorch import TorchBackend, TorchBf16Backend, load_network
+from space.bake import bake, guard
+from space.bake.export import export_optimized
+from space.bake.export import reference as torch_reference
+from space.bake.guard import AccuracyError
+from space.errors import ModelUnavailable
+from space.model import cpu
+from space.model.folder import OPTIMIZED_MANIFEST
+from space.serving.images import ImageLimits, decode
+from space.serving.pipeline import Runtime, draft_size
 from space.settings import Settings
-from tests.conftest import REPO, Photo, Server, make_tiny_vit
+from tests.conftest import REPO, Photo, Server, free_port, make_tiny_vit
 
 # --- CPU allocation -----------------------------------------------------------------------------------
 
 
 def test_cgroup_v2_quota_is_read(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert backends.cgroup_cpu_quota(tmp_path) == 1.5
+    assert cpu.cgroup_cpu_quota(tmp_path) == 1.5
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert backends.cgroup_cpu_quota(tmp_path) is None
+    assert cpu.cgroup_cpu_quota(tmp_path) is None
 
 
 def test_cgroup_v1_quota_is_read(tmp_path: Path) -> None:
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert backends.cgroup_cpu_quota(tmp_path) == 3.0
+    assert cpu.cgroup_cpu_quota(tmp_path) == 3.0
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert backends.cgroup_cpu_quota(tmp_path) is None
+    assert cpu.cgroup_cpu_quota(tmp_path) is None
 
 
 def test_available_cpus_respects_affinity_and_quota() -> None:
     import os
 
-    cpus = backends.available_cpus()
-    quota = backends.cgroup_cpu_quota()
+    cpus = cpu.available_cpus()
+    quota = cpu.cgroup_cpu_quota()
     assert 1 <= cpus <= len(os.sched_getaffinity(0))
     if quota:
         assert cpus <= max(1, -(-quota // 1))
 
 
 def test_candidates_follow_cpu_features() -> None:
-    assert backends.candidates({"avx512_vnni", "avx512_bf16"})[:2] == [
+    assert cpu.candidates({"avx512_vnni", "avx512_bf16"})[:2] == [
         ("onnxruntime", "int8"),
         ("torch", "bf16"),
     ]
-    assert backends.candidates({"amx_bf16"})[0] == ("torch", "bf16")
-    assert backends.candidates(set())[0] == ("onnxruntime", "fp32")
-    assert backends.candidates(set())[-1] == ("torch", "fp32")  # the reference is always the last resort
+    assert cpu.candidates({"amx_bf16"})[0] == ("torch", "bf16")
+    assert cpu.candidates(set())[0] == ("onnxruntime", "fp32")
+    assert cpu.candidates(set())[-1] == ("torch", "fp32")  # the reference is always the last resort
 
 
 def test_unsupported_combinations_say_what_to_use() -> None:
-    with pytest.raises(backends.ModelUnavailable, match="int8 needs onnxruntime"):
-        backends.check_choice("torch", "int8")
-    with pytest.raises(backends.ModelUnavailable, match="fp32, int8"):
-        backends.check_choice("onnxruntime", "bf16")
+    with pytest.raises(ModelUnavailable, match="int8 needs onnxruntime"):
+        check_choice("torch", "int8")
+    with pytest.raises(ModelUnavailable, match="fp32, int8"):
+        check_choice("onnxruntime", "bf16")
 
 
 # --- Export and accuracy guard --------------------------------------------------------------------------
@@ -85,14 +92,14 @@ def _copy(model: Path, target: Path) -> Path:
 
 def test_onnx_fp32_export_matches_torch_on_the_vit(tiny_vit: Path, tmp_path: Path) -> None:
     model = _copy(tiny_vit, tmp_path / "vit")
-    manifest_path = backends.export_optimized(model, model, "onnxruntime", "fp32")
+    manifest_path = export_optimized(model, model, "onnxruntime", "fp32")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["backend"] == "onnxruntime" and manifest["precision"] == "fp32"
     assert manifest["guard"]["passed"] and manifest["guard"]["min_cosine"] > 0.9999
-    reference, _, size = backends._reference(model)
+    reference, _, size = torch_reference(model)
     onnx = OnnxBackend(model / manifest["file"], "fp32")
     for batch in (1, 3):  # the batch axis is dynamic: the batcher sends any size up to its maximum
-        pixels = backends.guard_inputs(size, batch)
+        pixels = guard.guard_inputs(size, batch)
         np.testing.assert_allclose(onnx.logits(pixels), reference.logits(pixels), rtol=1e-3, atol=1e-4)
 
 
@@ -100,9 +107,9 @@ def test_onnx_runs_a_lone_call_wide_and_overlapping_calls_narrow_with_the_same_a
     tiny_vit: Path, tmp_path: Path
 ) -> None:
     model = _copy(tiny_vit, tmp_path / "vit")
-    manifest = json.loads(backends.export_optimized(model, model, "onnxruntime", "fp32").read_text())
+    manifest = json.loads(export_optimized(model, model, "onnxruntime", "fp32").read_text())
     onnx = OnnxBackend(model / manifest["file"], "fp32", threads=2, workers=2)
-    pixels = backends.guard_inputs(backends._reference(model)[2], 1)
+    pixels = guard.guard_inputs(torch_reference(model)[2], 1)
     alone = onnx.logits(pixels)
     assert onnx.runs == {"wide": 1, "narrow": 0}
     start = threading.Barrier(4)
@@ -127,11 +134,12 @@ def test_onnx_runs_a_lone_call_wide_and_overlapping_calls_narrow_with_the_same_a
 
 
 def bake_only_modules() -> list[str]:
-    """What the Dockerfile's runtime-venv stage deletes from the venv: only the bake step may need it."""
+    """What the Dockerfile's venv-lean stage deletes from the serving venv: only the bake step may need it
+    (torch and onnx are not even installed there: tests/test_no_torch.py serves without them)."""
     text = (REPO / "Dockerfile").read_text()
-    stage = text[text.index("AS runtime-venv") : text.index("AS runtime\n")]
+    stage = text[text.index("AS venv-lean") : text.index("AS venv-torch")]
     paths = re.findall(r'"\$sp"/([\w/]+)(?=\s|$)', stage)
-    assert {"onnx", "networkx"} <= set(paths), paths
+    assert {"hf_xet", "onnxruntime/quantization"} <= set(paths), paths
     return [path.replace("/", ".") for path in paths]
 
 
@@ -146,8 +154,8 @@ class Deleted(importlib.machinery.PathFinder):  # as if the files were gone: fin
 sys.meta_path[:] = [Deleted if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 from fastapi.testclient import TestClient
 from PIL import Image
-from space.app import create_app
 from space.settings import Settings
+from space.web.app import create_app
 with TestClient(create_app(Settings(model={model!r}, backend={backend!r}, mcp=True))) as client:
     deadline = time.monotonic() + 120
     while client.get("/readyz").status_code != 200:
@@ -168,7 +176,7 @@ def test_the_server_needs_none_of_the_bake_only_packages(
 ) -> None:
     model = _copy(tiny_vit, tmp_path / "vit")
     if backend == "onnxruntime":
-        backends.export_optimized(model, model, "onnxruntime", "fp32")
+        export_optimized(model, model, "onnxruntime", "fp32")
     script = SERVE_WITHOUT_BAKE_ONLY.format(
         blocked=tuple(bake_only_modules()), model=str(model), backend=backend
     )
@@ -184,16 +192,16 @@ def test_int8_keeps_top1_on_every_photo_with_the_real_model(
 ) -> None:
     model = _copy(real_model, tmp_path / "real")
     manifest = json.loads(
-        backends.export_optimized(model, model, "onnxruntime", "int8", [p.path for p in photos]).read_text()
+        export_optimized(model, model, "onnxruntime", "int8", [p.path for p in photos]).read_text()
     )
-    guard = manifest["guard"]
-    assert guard["photos"] == len(photos) and guard["top1_agreement"] == 1.0, guard
-    assert guard["min_cosine"] >= backends.MIN_COSINE
+    report = manifest["guard"]
+    assert report["photos"] == len(photos) and report["top1_agreement"] == 1.0, report
+    assert report["min_cosine"] >= guard.MIN_COSINE
     # Served: `auto` picks the baked int8 model, and every photo still gets an accepted label.
     runtime = Runtime(Settings(model=str(model)))
     runtime.load()
     assert runtime.info is not None and runtime.info.backend == "onnxruntime-int8"
-    cpus = backends.available_cpus()
+    cpus = cpu.available_cpus()
     # One call per CPU at once, not batched (batches do not help ONNX Runtime; concurrent calls do).
     assert runtime.plan == {"workers": cpus, "threads": cpus, "cpus": cpus, "max_batch": 1}
     for photo in photos:
@@ -202,26 +210,26 @@ def test_int8_keeps_top1_on_every_photo_with_the_real_model(
 
 
 def test_bf16_guard_on_the_real_model(real_model: Path, photos: list[Photo]) -> None:
-    reference, processor, size = backends._reference(real_model)
-    candidate = TorchBf16Backend(backends._load_torch(real_model))
-    report = backends.check_accuracy(reference, candidate, processor, size, [p.path for p in photos])
-    assert report.photos == len(photos) and report.inputs == backends.GUARD_INPUTS + len(photos)
+    reference, processor, size = torch_reference(real_model)
+    candidate = TorchBf16Backend(load_network(real_model))
+    report = guard.check_accuracy(reference, candidate, processor, size, [p.path for p in photos])
+    assert report.photos == len(photos) and report.inputs == guard.GUARD_INPUTS + len(photos)
     assert report.top1_agreement == 1.0, report
-    assert report.passed == (report.min_cosine >= backends.MIN_COSINE)
+    assert report.passed == (report.min_cosine >= guard.MIN_COSINE)
 
 
 def test_guard_refuses_a_model_that_drifts(tiny_vit: Path, tmp_path: Path) -> None:
     # A different set of weights for the same architecture: the guard must see it is not the same model.
     other = make_tiny_vit(tmp_path / "other")
-    reference, processor, size = backends._reference(tiny_vit)
-    drifted = TorchBackend(backends._load_torch(other))
-    report = backends.check_accuracy(reference, drifted, processor, size)
-    assert not report.passed and report.min_cosine < backends.MIN_COSINE
+    reference, processor, size = torch_reference(tiny_vit)
+    drifted = TorchBackend(load_network(other))
+    report = guard.check_accuracy(reference, drifted, processor, size)
+    assert not report.passed and report.min_cosine < guard.MIN_COSINE
     # Through the export: an impossible bound is refused, and nothing is left behind to be served.
     out = tmp_path / "out"
     with pytest.raises(AccuracyError, match="beyond the bound"):
-        backends.export_optimized(tiny_vit, out, "onnxruntime", "int8", min_cosine=1.000001)
-    assert not list(out.glob("model-*.onnx")) and not (out / backends.OPTIMIZED_MANIFEST).exists()
+        export_optimized(tiny_vit, out, "onnxruntime", "int8", min_cosine=1.000001)
+    assert not list(out.glob("model-*.onnx")) and not (out / OPTIMIZED_MANIFEST).exists()
 
 
 # --- Serving --------------------------------------------------------------------------------------------
@@ -242,7 +250,7 @@ def test_server_serves_the_baked_onnx_model_like_torch(
     photos: list[Photo],
 ) -> None:
     model = _copy(tiny_vit, tmp_path / "vit")
-    backends.export_optimized(model, model, "onnxruntime", "fp32")
+    export_optimized(model, model, "onnxruntime", "fp32")
     onnx = server_factory(model, env={"SPACE_TOP_K": "3"})
     torch = vit_server  # the same tiny ViT, not baked: served by fp32 PyTorch
     with onnx.client() as http:
@@ -256,14 +264,36 @@ def test_server_serves_the_baked_onnx_model_like_torch(
     np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], atol=1e-4)
 
 
-def test_server_exports_at_start_up_when_nothing_was_baked(
-    server_factory: Callable[..., Server], tiny_vit: Path, photos: list[Photo]
+def _serve_fails(model: Path, env: dict[str, str]) -> str:
+    """``python -m space serve`` that must stop at start-up: its one error line (stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "space", "serve", "--model", str(model), "--port", str(free_port())],
+        cwd=REPO,
+        env={**_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+def test_the_server_never_converts_a_model_it_stops_with_how_to_bake_it(
+    tiny_vit: Path, tmp_path: Path
 ) -> None:
-    server = server_factory(tiny_vit, env={"SPACE_BACKEND": "onnxruntime", "SPACE_PRECISION": "int8"})
-    with server.client() as http:
-        assert http.get("/info").json()["model"]["backend"] == "onnxruntime-int8"
-    assert len(_predict(server, photos[0].path.read_bytes())) >= 1
-    assert "exporting the model at start-up" in server.log()
+    # Nothing baked, ONNX Runtime int8 asked for: no export at start-up, one line saying how to bake it.
+    line = _serve_fails(tiny_vit, {"SPACE_BACKEND": "onnxruntime", "SPACE_PRECISION": "int8"})
+    assert "holds no baked model-int8.onnx" in line and "never converts a model" in line, line
+    assert "python -m space bake" in line and "--optimize onnxruntime --precision int8" in line, line
+    assert not list(tiny_vit.glob("*.onnx"))
+    # A lean ONNX bake holds no PyTorch weights: asking for torch says so, and how to bake for it.
+    lean = tmp_path / "lean"
+    bake(str(tiny_vit), lean, optimize="onnxruntime", precision="fp32")
+    assert not list(lean.glob("*.safetensors"))
+    line = _serve_fails(lean, {"SPACE_BACKEND": "torch"})
+    assert "needs PyTorch weights" in line and "--optimize none" in line, line
 
 
 def test_an_impossible_backend_choice_fails_with_a_clear_line(tiny_vit: Path, photos: list[Photo]) -> None:

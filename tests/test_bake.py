@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from space import bake
+from space.bake import fetch
 from tests.conftest import PHOTOS, REPO
 
 FAKE_TOKEN = "hf_bakeTestTokenThatMustNeverBeWritten"
@@ -122,12 +123,12 @@ def test_pattern_selection_prefers_safetensors() -> None:
         "pytorch_model.bin",
         "tf_model.h5",
     ]
-    assert bake.select_files(hub_files) == ["config.json", "model.safetensors", "preprocessor_config.json"]
-    assert "*.bin" not in bake.weight_patterns(hub_files)
+    assert fetch.select_files(hub_files) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert "*.bin" not in fetch.weight_patterns(hub_files)
     sharded = ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     sharded += ["model.safetensors.index.json", "pytorch_model.bin", "preprocessor_config.json"]
-    assert "pytorch_model.bin" not in bake.select_files(sharded)
-    assert "model.safetensors.index.json" in bake.select_files(sharded)
+    assert "pytorch_model.bin" not in fetch.select_files(sharded)
+    assert "model.safetensors.index.json" in fetch.select_files(sharded)
 
 
 def test_pattern_selection_falls_back_to_bin() -> None:
@@ -138,14 +139,14 @@ def test_pattern_selection_falls_back_to_bin() -> None:
         "tf_model.h5",
         "sub/x.safetensors",
     ]
-    assert "*.bin" in bake.weight_patterns(files)
-    assert bake.select_files(files) == ["config.json", "preprocessor_config.json", "pytorch_model.bin"]
+    assert "*.bin" in fetch.weight_patterns(files)
+    assert fetch.select_files(files) == ["config.json", "preprocessor_config.json", "pytorch_model.bin"]
 
 
 def test_local_or_hub() -> None:
-    assert not bake.is_local("google/vit-base-patch16-224")
-    assert bake.is_local("/no/such/folder")
-    assert bake.is_local("./models/vit")
+    assert not fetch.is_local("google/vit-base-patch16-224")
+    assert fetch.is_local("/no/such/folder")
+    assert fetch.is_local("./models/vit")
 
 
 def test_missing_model_fails_clearly(tmp_path: Path) -> None:
@@ -194,7 +195,7 @@ def test_example_failures_are_warnings(tmp_path: Path, capsys: pytest.CaptureFix
         {"file": "gone.jpg", "url": "http://127.0.0.1:9/gone.jpg", "sha256": None, "expected": []},
     ]
     manifest.write_text(json.dumps({"images": images}))
-    kept = bake.gather_examples(manifest, tmp_path / "out", None)
+    kept = fetch.gather_examples(manifest, tmp_path / "out", None)
     assert [e.file for e in kept] == ["zebra.jpg"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "zebra.jpg"]
     err = capsys.readouterr().err
@@ -204,12 +205,12 @@ def test_example_failures_are_warnings(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    assert bake.read_token(None) is None
-    assert bake.read_token(tmp_path / "absent") is None  # an unset BuildKit secret is not an error
+    assert fetch.read_token(None) is None
+    assert fetch.read_token(tmp_path / "absent") is None  # an unset BuildKit secret is not an error
     (tmp_path / "tok").write_text(" hf_fromFile\n")
     monkeypatch.setenv("HF_TOKEN", "hf_fromEnv")
-    assert bake.read_token(tmp_path / "tok") == "hf_fromFile"
-    assert bake.read_token(None) == "hf_fromEnv"
+    assert fetch.read_token(tmp_path / "tok") == "hf_fromFile"
+    assert fetch.read_token(None) == "hf_fromEnv"
 
 
 @pytest.mark.slow

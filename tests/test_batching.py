@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from space import backends
-from space.batching import Batcher
-from space.classifier import Classifier, load
-from space.images import ImageLimits, decode, read_file
-from space.runtime import Runtime, draft_size
+from space.model import cpu
+from space.serving.batching import Batcher
+from space.serving.classifier import Classifier, load
+from space.serving.images import ImageLimits, decode, read_file
+from space.serving.pipeline import Runtime, draft_size
 from space.settings import Settings
 from tests.conftest import Photo, Server
 
@@ -155,7 +155,7 @@ def test_concurrent_http_requests_match_one_at_a_time(
 def test_workers_and_threads_follow_the_cpu_budget(tiny_vit: Path) -> None:
     import torch
 
-    cpus = backends.available_cpus()
+    cpus = cpu.available_cpus()
     default = Runtime(Settings(model=str(tiny_vit), backend="torch"))
     default.load()
     assert default.plan == {"workers": 1, "threads": cpus, "cpus": cpus, "max_batch": 8}  # one call, all CPUs

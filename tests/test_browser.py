@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from space.ui import find_examples
+from space.web.ui import find_examples
 from tests.conftest import PHOTOS, REPO, Photo, Server
 
 CHROMIUM = Path("/usr/bin/chromium")

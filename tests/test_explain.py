@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from space import backends
+from space.bake.export import export_optimized
 from space.errors import BadParameter
-from space.explain import Explainer, cell_boxes, fill_colour, overlay, resolve_target
-from space.images import read_file
-from space.runtime import Runtime
+from space.serving.explain import cell_boxes, fill_colour, resolve_target
+from space.serving.explainer import Explainer
+from space.serving.images import read_file
+from space.serving.overlay import overlay
+from space.serving.pipeline import Runtime
 from space.settings import Settings
 from tests.conftest import Photo
 
@@ -170,7 +172,7 @@ def test_every_baked_backend_agrees_with_fp32(real_model: Path, photos: list[Pho
     for precision in ("fp32", "int8"):
         folder = tmp_path / precision
         shutil.copytree(real_model, folder)
-        backends.export_optimized(folder, folder, "onnxruntime", precision, [p.path for p in photos])
+        export_optimized(folder, folder, "onnxruntime", precision, [p.path for p in photos])
         runtimes[f"onnxruntime-{precision}"] = serve(folder)  # auto: serves what the bake chose
     try:
         maps: dict[str, list[np.ndarray]] = {name: [] for name in runtimes}

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from space.errors import UserError
-from space.images import ImageLimits, decode
+from space.serving.images import ImageLimits, decode
 from tests.hostile import corpus
 
 # Pillow warns (and then raises or recovers) on corrupt EXIF; the outcome is what is checked.

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from space.errors import BadImage, TooLarge, UserError
-from space.images import ImageLimits, decode, read_file
+from space.serving.images import ImageLimits, decode, read_file
 
 LIMITS = ImageLimits()
 

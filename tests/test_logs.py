@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from space import logs
+from space.web import logs
 from tests.conftest import Photo, Server
 
 SECRET = "hf_SuperSecretTokenValue1234567890"

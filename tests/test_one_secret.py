@@ -20,7 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from playwright.sync_api import expect, sync_playwright
 from starlette.routing import Mount
 
-from space.security import OPEN_PATHS, OPEN_PREFIXES, is_open
+from space.web.security import OPEN_PATHS, OPEN_PREFIXES, is_open
 from tests.conftest import REPO, Photo, Server
 
 TOKEN = "tok-16-b2c9e1-not-a-real-secret"
@@ -41,8 +41,8 @@ def image(photos: list[Photo]) -> Path:
 
 def route_table(model: Path) -> list[tuple[str, str]]:
     """(method, concrete path) for every route of the app as the server builds it, Gradio's included."""
-    from space.app import create_app
     from space.settings import Settings
+    from space.web.app import create_app
 
     app = create_app(Settings(model=str(model), api_token=TOKEN, mcp=True))
     found: list[tuple[str, str]] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from space.admission import Admission, Overloaded
+from space.serving.admission import Admission, Overloaded
 from tests.conftest import Photo, Server
 
 
@@ -112,7 +112,7 @@ def test_full_server_answers_503_without_reading_the_upload(
             rest += chunk
         assert b"busy" in rest
         shed.close()
-        # Refused at the door (space/door.py): counted like any answer, logged once a second at most.
+        # Refused at the door (space/web/door.py): counted like any answer, logged once a second at most.
         metrics = server.client().get("/metrics").text
         assert 'space_http_requests_total{method="POST",route="/predict",status="503"} 1.0' in metrics
         assert "refused 1 request(s) at the door" in server.log()

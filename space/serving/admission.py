@@ -24,10 +24,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
-
 T = TypeVar("T")
 
 RETRY_AFTER_S = 1
@@ -87,7 +83,7 @@ class Admission:
             self._in_flight += weight
 
     def full(self) -> bool:
-        """No slot is free (a lock-free read: a hint for :mod:`space.door`; :meth:`enter` decides)."""
+        """No slot is free (a lock-free read: a hint for :mod:`space.web.door`; :meth:`enter` decides)."""
         return self._in_flight >= self.limit
 
     def leave(self, weight: int = 1) -> None:
@@ -191,25 +187,3 @@ class Admission:
 def _consume(future: asyncio.Future[object]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def install_handlers(app: FastAPI) -> None:
-    """503 with ``Retry-After`` for :class:`Overloaded`, 504 for :class:`DeadlineExceeded`, and a quiet
-    end for a client that leaves mid-upload."""
-
-    @app.exception_handler(Overloaded)
-    async def overloaded(_: Request, error: Overloaded) -> JSONResponse:
-        headers = {"Retry-After": str(RETRY_AFTER_S)}
-        if error.body_unread:  # the body is still on its way: close rather than read it
-            headers["Connection"] = "close"
-        return JSONResponse({"error": str(error)}, status_code=503, headers=headers)
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_left(_: Request, __: ClientDisconnect) -> JSONResponse:
-        # The client left mid-upload (its slot is already free): nobody to answer, nothing to log but
-        # the request line. 499 is nginx's "client closed request".
-        return JSONResponse({"error": "The client closed the connection during the upload."}, status_code=499)
-
-    @app.exception_handler(DeadlineExceeded)
-    async def deadline(_: Request, error: DeadlineExceeded) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=504)

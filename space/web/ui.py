@@ -8,10 +8,11 @@ from typing import Any
 
 import gradio as gr
 
-from space.admission import Admission, DeadlineExceeded, Overloaded
 from space.errors import NotReady, UserError
-from space.explain import Explainer, legend, overlay
-from space.runtime import Runtime
+from space.serving.admission import Admission, DeadlineExceeded, Overloaded
+from space.serving.explainer import Explainer
+from space.serving.overlay import legend, overlay
+from space.serving.pipeline import Runtime
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Photos that the gradio package itself ships, so the page has examples even with none configured.

@@ -1,4 +1,10 @@
-"""The serving state shared by the HTTP API and the UI: settings, limits, and the model once it is ready."""
+"""The serving pipeline shared by the HTTP API, the UI, MCP and the CLI, top to bottom in one place:
+
+decode (:mod:`space.serving.images`) -> preprocess (the model's processor) -> batch
+(:mod:`space.serving.batching`) -> predict (the backend, :mod:`space.backends`) -> scores and labels
+(:class:`space.serving.classifier.Classifier`). :class:`Runtime` also holds the settings, the limits and
+the model once it is ready; loading resolves the model folder and the backend choice once.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from space import backends, metrics
-from space import classifier as classifier_module
-from space.batching import Batcher
-from space.classifier import Classifier, ModelInfo, Prediction
+from space.backends.choice import Choice, model_file, resolve_choice
 from space.errors import ModelUnavailable, NotReady
-from space.images import ImageLimits, decode, read_file
+from space.model.cpu import available_cpus
+from space.model.folder import resolve_model
+from space.serving import metrics
+from space.serving.batching import Batcher
+from space.serving.classifier import Classifier, ModelInfo, Prediction, load_resolved
+from space.serving.images import ImageLimits, decode, read_file
 from space.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,11 +40,12 @@ class Runtime:
         # Decoding and preprocessing run in the server's request threads; bounding them keeps a burst of
         # large photos from starving the inference threads of CPU.
         # Default: half the CPUs (at least one); decoding is short next to inference, even for 12 MP drafts.
-        decoders = settings.decode_threads or max(1, backends.available_cpus() // 2)
+        decoders = settings.decode_threads or max(1, available_cpus() // 2)
         self._decoding = threading.BoundedSemaphore(decoders)
         self.batcher: Batcher | None = None
         self.draft_size: tuple[int, int] | None = None
         self.plan: dict[str, int] = {}
+        self._resolved: tuple[Path, str | None, Choice] | None = None
 
     @property
     def ready(self) -> bool:
@@ -52,20 +61,27 @@ class Runtime:
     def info(self) -> ModelInfo | None:
         return self._classifier.info if self._classifier else None
 
+    def resolve(self) -> tuple[Path, str | None, Choice]:
+        """The model folder, its commit and the backend choice, worked out once; a model that is missing
+        or a runtime that was not baked raises ``ModelUnavailable`` here (before the port is bound)."""
+        if self._resolved is None:
+            path, commit = resolve_model(self.settings.model, self.settings.model_revision)
+            choice = resolve_choice(path, self.settings.backend, self.settings.precision)
+            model_file(path, choice)
+            self._resolved = (path, commit, choice)
+        return self._resolved
+
     def load(self) -> None:
         """Load and warm the model; afterwards the runtime is ready. Raises ``ModelUnavailable``."""
         settings = self.settings
-        path, _ = classifier_module.resolve_model(settings.model, settings.model_revision)
-        backend, precision, _ = backends.resolve_choice(path, settings.backend, settings.precision)
+        path, commit, choice = self.resolve()
         # CPUs from the cgroup quota and affinity. PyTorch runs one call at a time with all of them (its
         # OpenMP threads spin, and collapse when oversubscribed). ONNX Runtime runs one call per CPU at
         # once: a lone call gets every core, overlapping calls one core each (see OnnxBackend).
-        total = backends.available_cpus()
+        total = available_cpus()
         threads = settings.threads or total
-        workers = settings.workers or (total if backend == "onnxruntime" else 1)
-        model = classifier_module.load(
-            settings.model, settings.model_revision, threads, backend, precision, workers
-        )
+        workers = settings.workers or (total if choice.backend == "onnxruntime" else 1)
+        model = load_resolved(settings.model, path, commit, choice, threads, workers)
         # Batch only where it helps the backend (its ``max_batch``), unless SPACE_MAX_BATCH_SIZE is set.
         batch = settings.max_batch_size
         if "max_batch_size" not in settings.model_fields_set:

@@ -1,6 +1,6 @@
 """HTTP routes for explanations: ``POST /explain`` (the occlusion map of one image, as JSON or as a PNG
 overlay) and ``GET /labels`` (what ``target`` may name). The body is read exactly as ``/predict`` reads it
-(space/api.py), so the three upload forms and every 4xx behave the same."""
+(space/web/routes.py, space/web/bodies.py), so the three upload forms and every 4xx behave the same."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from space import api
 from space.errors import NotReady
-from space.explain import Explainer, overlay, png_bytes
+from space.serving.explainer import Explainer
+from space.serving.overlay import overlay, png_bytes
+from space.web import routes
+from space.web.bodies import ACCEPTED, image_request_body, read_image
 
 router = APIRouter()
 
@@ -51,10 +53,10 @@ def get_explainer(request: Request) -> Explainer:
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
             "description": "The map as JSON, or with ?format=png the image with the map laid over it.",
         },
-        **api.ERROR_RESPONSES,
+        **routes.ERROR_RESPONSES,
     },
-    openapi_extra=api.image_request_body(
-        api.ACCEPTED.replace('"top_k": N', '"target": "<label or index>"'),
+    openapi_extra=image_request_body(
+        ACCEPTED.replace('"top_k": N', '"target": "<label or index>"'),
         {"target": {"type": ["string", "integer"]}},
     ),
 )
@@ -73,7 +75,7 @@ async def explain(
         raise NotReady("The model is still loading; retry in a few seconds.")
     # Admission first, as for /predict: when full, 503 at once and the body is never read.
     with request.app.state.admission.slot(explainer.weight) as slot:
-        data, parameters = await api.read_image(request, runtime.limits.max_bytes)
+        data, parameters = await read_image(request, runtime.limits.max_bytes)
         if target is None:
             target = parameters.get("target")
         explanation, image = await explainer.run_bytes(data, target, slot)
@@ -82,7 +84,7 @@ async def explain(
     return explanation.as_dict()
 
 
-@router.get("/labels", tags=["health"], response_model=Labels, responses={503: {"model": api.ErrorBody}})
+@router.get("/labels", tags=["health"], response_model=Labels, responses={503: {"model": routes.ErrorBody}})
 def labels(request: Request) -> dict[str, list[str]]:
     """This model's labels in class-index order: what /explain's ``target`` may name."""
     return {"labels": list(get_explainer(request).runtime.classifier.labels)}

@@ -6,7 +6,7 @@ routing, dependencies, an exception handler, a log line) costs about half a mill
 hundred refusals a second that is CPU the model needed. Here a refusal is a dictionary lookup and two
 prebuilt messages (the answer is the same one the route gives: 503, ``Retry-After``, ``Connection:
 close``). A request that passes the door can still be refused by the route, which takes the slot for real
-(:meth:`space.admission.Admission.slot`); the door only makes the common case cheap. The refusal says
+(:meth:`space.serving.admission.Admission.slot`); the door only makes the common case cheap. The refusal says
 nothing about the model, so it may come before the token check. Refusals are counted in the metrics and
 logged at most once a second, not once each.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from space.admission import RETRY_AFTER_S, Admission
+from space.serving.admission import RETRY_AFTER_S, Admission
 
 log = logging.getLogger(__name__)
 

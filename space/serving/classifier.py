@@ -1,33 +1,33 @@
 """The classifier: a Hugging Face image-classification checkpoint, loaded once, answering top-k labels.
 
 The work is split so that each part can change alone: the model's own processor turns images into
-pixel arrays, a *backend* turns a batch of pixel arrays into logits (PyTorch here; another runtime can
-implement the same one-method protocol), and :class:`Classifier` turns logits into sorted labels.
+pixel arrays (transformers' PIL/numpy processors: no torch needed), a *backend* turns a batch of pixel
+arrays into logits (:mod:`space.backends`), and :class:`Classifier` turns logits into sorted labels.
 ``classify`` takes a list of images so that requests can be batched in front of it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import platform
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from space import metrics
+from space.backends import Backend
+from space.backends.choice import Choice, create_backend, resolve_choice, runtime_version
 from space.errors import BadParameter, ModelUnavailable
+from space.model.cpu import available_cpus
+from space.model.folder import read_bake_manifest, resolve_model
+from space.serving import metrics
 
 log = logging.getLogger(__name__)
 
-BAKE_MANIFEST = "vit-space-manifest.json"
 # How logits become scores: transformers' ImageClassificationPipeline ``function_to_apply`` values.
 FUNCTIONS = ("sigmoid", "softmax", "none")
 # The blank image the processor is run on once to learn the input size it really produces.
@@ -59,31 +59,6 @@ class ModelInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class Backend(Protocol):
-    """Turns a batch of preprocessed pixels (N, C, H, W float32) into logits (N, num_labels)."""
-
-    name: str
-
-    def logits(self, pixel_values: np.ndarray) -> np.ndarray: ...
-
-
-class TorchBackend:
-    """PyTorch eager inference; one forward pass at a time, each using all inference threads."""
-
-    name = "torch"
-
-    def __init__(self, model: Any) -> None:
-        self._model = model.eval()
-        self._lock = threading.Lock()
-
-    def logits(self, pixel_values: np.ndarray) -> np.ndarray:
-        import torch
-
-        with self._lock, torch.inference_mode():
-            output = self._model(pixel_values=torch.from_numpy(pixel_values))
-        return output.logits.float().numpy()
 
 
 class Classifier:
@@ -189,35 +164,6 @@ def processed_size(processor: Any, size: tuple[int, int] = PROBE_SIZE) -> tuple[
     return int(height), int(width)
 
 
-def resolve_model(model: str, revision: str | None) -> tuple[Path, str | None]:
-    """The local folder holding ``model`` and its commit, without any network access.
-
-    ``model`` is either a folder, or a Hub id looked up in the local Hugging Face cache only.
-    """
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        return folder.resolve(), revision
-    if folder.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelUnavailable(
-            f"SPACE_MODEL={model!r} is not a folder. Point SPACE_MODEL at a folder that holds the model's "
-            "config.json, preprocessor_config.json and weights, or at a Hub model id."
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        path = Path(snapshot_download(model, revision=revision, local_files_only=True))
-    except Exception as error:
-        at = f" at revision {revision!r}" if revision else ""
-        raise ModelUnavailable(
-            f"The model {model!r}{at} is not available offline ({type(error).__name__}), and this app "
-            "never downloads at run time. Fix: bake it first with `python -m space bake --model "
-            f"{model}{' --revision ' + revision if revision else ''} --output models/baked` and set "
-            "SPACE_MODEL=models/baked, or point SPACE_MODEL at a local model folder, or download it into "
-            "the Hugging Face cache (`hf download`) before starting."
-        ) from None
-    return path, path.name
-
-
 def load(
     model: str,
     revision: str | None = None,
@@ -226,58 +172,52 @@ def load(
     precision: str = "fp32",
     workers: int = 1,
 ) -> Classifier:
-    """Load processor and model from a folder or the local Hub cache, warmed and ready to classify.
+    """Load a model by id or folder (offline), warmed and ready to classify: resolves the folder and the
+    backend choice (``auto``: what the bake step exported, else fp32 PyTorch), then :func:`load_resolved`."""
+    path, commit = resolve_model(model, revision)
+    choice = resolve_choice(path, backend, precision)
+    return load_resolved(model, path, commit, choice, threads or available_cpus(), workers)
 
-    ``backend``/``precision`` pick the inference backend (see :mod:`space.backends`; ``auto`` serves what
-    the bake step chose, else fp32 PyTorch); ``threads`` is the number of intra-op threads per call, and
-    ``workers`` how many calls may run at once.
+
+def load_resolved(
+    model: str, path: Path, commit: str | None, choice: Choice, threads: int, workers: int = 1
+) -> Classifier:
+    """Processor, config and the chosen backend from a resolved folder, warmed up.
+
+    ``threads`` is the number of intra-op threads per call, and ``workers`` how many calls may run at
+    once. Only the chosen runtime is imported (see :mod:`space.backends.choice`).
     """
     started = time.perf_counter()
-    path, commit = resolve_model(model, revision)
-    import torch
     import transformers
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoConfig, AutoImageProcessor
 
-    from space import backends
-
-    backend, precision, optimized = backends.resolve_choice(path, backend, precision)
-    threads = threads or backends.available_cpus()
-    torch.set_num_threads(threads)
-    # One graph at a time: inter-op threads would only compete with intra-op ones. Raises if already set.
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
     try:
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-        if backend == "torch":
-            network = AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
-            config = network.config
-        else:  # the ONNX file holds the weights; the PyTorch model is not kept in memory
-            network = None
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as error:
         raise ModelUnavailable(
             f"Could not load an image-classification model from {str(path)!r}: {_first_line(error)}. "
             "The folder needs config.json (of an image-classification architecture), "
             "preprocessor_config.json and complete weights (model.safetensors); re-bake or re-download it."
         ) from None
+    engine = create_backend(path, choice, threads, workers)
     info = ModelInfo(
         model=model,
         revision=commit,
         path=str(path),
-        architecture=(config.architectures or [type(network).__name__])[0],
+        architecture=(config.architectures or [type(config).__name__])[0],
         num_labels=len(config.id2label),
         image_size=processed_size(processor),
-        backend=f"{backend}-{precision}",
+        backend=choice.name,
         function_to_apply=default_function(config),
-        bake=_read_bake_manifest(path),
+        bake=read_bake_manifest(path),
+        optimized=choice.optimized,
         versions={
             "python": platform.python_version(),
-            "torch": torch.__version__,
+            **runtime_version(choice),
             "transformers": transformers.__version__,
         },
     )
-    info.optimized = optimized
-    engine = backends.create_backend(path, network, backend, precision, threads, workers)
     labels = {int(k): v for k, v in config.id2label.items()}
     classifier = Classifier(processor, engine, labels, info, info.function_to_apply)
     try:
@@ -291,17 +231,6 @@ def load(
     info.load_seconds = round(time.perf_counter() - started, 3)
     log.info("model loaded", extra={"model": model, "path": str(path), "seconds": info.load_seconds})
     return classifier
-
-
-def _read_bake_manifest(path: Path) -> dict[str, Any] | None:
-    manifest = path / BAKE_MANIFEST
-    if not manifest.is_file():
-        return None
-    try:
-        return json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        log.warning("unreadable bake manifest", extra={"path": str(manifest)})
-        return None
 
 
 def _first_line(error: Exception) -> str:

@@ -1,36 +1,18 @@
-"""HTTP routes: ``POST /predict`` (the Hugging Face Inference API's image-classification contract),
-health, readiness and model info. Every user mistake becomes a 4xx ``{"error": ...}``."""
+"""Request bodies of the image routes (``/predict``, ``/explain``): raw bytes, JSON with base64
+``inputs``, or multipart; bounded in size and time while they arrive, and never fetched from a URL."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-import platform
 import re
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-from starlette.formparsers import MultiPartParser
+from fastapi import Request
 
-from space import __version__
-from space.classifier import FUNCTIONS, check_function
-from space.errors import (
-    BadImage,
-    BadParameter,
-    BodyTimeout,
-    NotReady,
-    TooLarge,
-    UnsupportedMediaType,
-    UserError,
-)
-from space.runtime import Runtime
-
-router = APIRouter()
+from space.errors import BadImage, BadParameter, BodyTimeout, TooLarge, UnsupportedMediaType
 
 RAW_TYPES = ("image/", "application/octet-stream")
 ACCEPTED = (
@@ -38,63 +20,10 @@ ACCEPTED = (
     '{"inputs": "<base64 image or data: URI>", "parameters": {"top_k": N, "function_to_apply": "softmax"}}, '
     'or multipart/form-data with a "file" field'
 )
-FUNCTION_HELP = (
-    "How logits become scores, as in transformers' image-classification pipeline: sigmoid, softmax or "
-    "none (raw logits). Default: the model's own (sigmoid for multi-label or one-label models, none for "
-    "regression, else softmax)."
-)
 URL = re.compile(r"^\s*[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 # Multipart and base64 JSON carry the image with some overhead; the image itself is checked exactly later.
 ENVELOPE_FACTOR = 1.4
 ENVELOPE_SLACK = 64 * 1024
-
-
-class Label(BaseModel):
-    label: str
-    score: float
-
-
-class ErrorBody(BaseModel):
-    error: str
-
-
-def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-@router.get("/healthz", tags=["health"])
-def healthz() -> dict[str, str]:
-    """Liveness: the process is up and serving HTTP (the model may still be loading)."""
-    return {"status": "ok"}
-
-
-@router.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
-def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Readiness: 200 once the model is loaded and warmed, 503 before."""
-    if not runtime.ready:
-        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
-    return JSONResponse({"status": "ready"})
-
-
-@router.get("/info", tags=["health"])
-def info(runtime: RuntimeDep) -> dict[str, Any]:
-    """What is being served: model id, revision, labels, backend, versions, and the bake manifest."""
-    model = runtime.info
-    return {
-        "app": "vit-space",
-        "version": __version__,
-        "ready": runtime.ready,
-        "model": model.as_dict() if model else {"model": runtime.settings.model},
-        "settings": {
-            "top_k": runtime.settings.top_k,
-            "max_upload_mb": runtime.settings.max_upload_mb,
-            "max_pixels": runtime.settings.max_pixels,
-        },
-        "python": platform.python_version(),
-    }
 
 
 def image_request_body(description: str, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -120,51 +49,6 @@ def image_request_body(description: str, parameters: dict[str, Any]) -> dict[str
             },
         }
     }
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503, 504)
-}
-
-
-@router.post(
-    "/predict",
-    tags=["inference"],
-    response_model=list[Label],
-    responses=ERROR_RESPONSES,
-    openapi_extra=image_request_body(
-        ACCEPTED,
-        {
-            "top_k": {"type": "integer", "minimum": 1},
-            "function_to_apply": {"type": "string", "enum": list(FUNCTIONS), "description": FUNCTION_HELP},
-        },
-    ),
-)
-async def predict(
-    request: Request,
-    runtime: RuntimeDep,
-    top_k: Annotated[
-        str | None,
-        Query(
-            description="How many classes to return (default: SPACE_TOP_K; more than the model has "
-            "returns them all)."
-        ),
-    ] = None,
-    function_to_apply: Annotated[
-        str | None, Query(description=FUNCTION_HELP, json_schema_extra={"enum": list(FUNCTIONS)})
-    ] = None,
-) -> list[dict[str, Any]]:
-    """Classify one image; returns ``[{"label": ..., "score": ...}, ...]``, highest score first."""
-    if not runtime.ready:
-        raise NotReady("The model is still loading; retry in a few seconds.")
-    # Admission first (space/admission.py): when full, 503 at once and the body is never read.
-    with request.app.state.admission.slot() as slot:
-        image, parameters = await read_image(request, runtime.limits.max_bytes)
-        k = parse_top_k(top_k if top_k is not None else parameters.get("top_k"))
-        function = function_to_apply if function_to_apply is not None else parameters.get("function_to_apply")
-        function = None if function is None else check_function(function)
-        predictions = await slot.run(runtime.classify_bytes, image, k, function)
-    return [{"label": p.label, "score": p.score} for p in predictions]
 
 
 async def read_image(request: Request, max_bytes: int) -> tuple[bytes, dict[str, object]]:
@@ -288,24 +172,3 @@ def _too_large(size: int, limit: int) -> str:
         f"The request body is over {limit / 1e6:.1f} MB ({size / 1e6:.1f} MB so far). "
         "Send a smaller or more compressed image."
     )
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Map errors to ``{"error": ...}`` bodies with their status codes; nothing a user sends is a 500."""
-    # Keep multipart uploads in memory (the body is already bounded by the upload limit).
-    MultiPartParser.spool_max_size = 1 << 62
-
-    @app.exception_handler(UserError)
-    async def user_error(_: Request, error: UserError) -> JSONResponse:
-        # After 408/413 the rest of the body may still be on its way: close rather than read it.
-        headers = {"Connection": "close"} if error.status_code in (408, 413) else None
-        return JSONResponse({"error": error.message}, status_code=error.status_code, headers=headers)
-
-    @app.exception_handler(NotReady)
-    async def not_ready(_: Request, error: NotReady) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=503, headers={"Retry-After": "2"})
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        return JSONResponse({"error": f"Invalid request: {details}."}, status_code=422)

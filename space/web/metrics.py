@@ -1,4 +1,5 @@
-"""Prometheus metrics for operators: requests, latency, images, batches, queue depth and the model served.
+"""``GET /metrics`` for operators: HTTP requests and latency here, the serving counters (images, batches,
+queue depth, explanations: :mod:`space.serving.metrics`), and the model served.
 
 Counters live in prometheus-client's default registry (one set per process, with its process metrics);
 what describes the loaded model is read from the runtime at scrape time, so loading needs no hook.
@@ -6,7 +7,7 @@ what describes the loaded model is read from the runtime at scrape time, so load
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -14,20 +15,18 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from space import logs
+from space.web import logs
 
 if TYPE_CHECKING:
-    import numpy as np
     from starlette.responses import Response
 
-    from space.runtime import Runtime
+    from space.serving.pipeline import Runtime
 
 # Route label for requests that matched no route (404s, probes for random paths): keeps cardinality bounded.
 UNMATCHED = "unmatched"
@@ -44,48 +43,6 @@ LATENCY = Histogram(
     ["route", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-IMAGES = Counter(
-    "space_images_classified_total", "Images run through the model (the start-up warm-up is one)."
-)
-BATCH_SIZE = Histogram(
-    "space_batch_size",
-    "Images per forward pass of the model.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-)
-QUEUE_DEPTH = Gauge(
-    "space_queue_depth", "Requests waiting for the model or in the batch it is running (request batcher)."
-)
-
-# Explanations (space/explain.py): each costs many forward passes, so they are counted and timed apart.
-EXPLANATIONS = Counter(
-    "space_explanations_total",
-    "Explanation requests (API, UI, MCP), by outcome: ok, busy (503), timeout (504), error (4xx).",
-    ["outcome"],
-)
-EXPLANATION_SECONDS = Histogram(
-    "space_explanation_duration_seconds",
-    "Time to compute one explanation map (decoding excluded), for those that finished.",
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60),
-)
-EXPLANATION_PASSES = Counter(
-    "space_explanation_forward_passes_total", "Forward passes run for explanation maps (one image each)."
-)
-
-
-def observe_batch(size: int) -> None:
-    """Count one forward pass of the model over ``size`` images."""
-    BATCH_SIZE.observe(size)
-    IMAGES.inc(size)
-
-
-def counted(run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """``run`` (a backend's batch call), observing each batch's size first: for the request batcher."""
-
-    def run_counted(pixel_values: np.ndarray) -> np.ndarray:
-        observe_batch(len(pixel_values))
-        return run(pixel_values)
-
-    return run_counted
 
 
 def observe_request(scope: dict[str, Any], status: int, seconds: float) -> None:
@@ -98,7 +55,7 @@ def observe_request(scope: dict[str, Any], status: int, seconds: float) -> None:
 
 
 def observe_refusal(route: str) -> None:
-    """Count one request refused at the door (space/door.py): a 503 on a model route."""
+    """Count one request refused at the door (space/web/door.py): a 503 on a model route."""
     REQUESTS.labels(route, "POST", "503").inc()
 
 

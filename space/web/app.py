@@ -21,15 +21,16 @@ import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from gradio.routes import App as GradioApp  # noqa: E402
 
-from space import __version__, api, explain_api, logs, metrics  # noqa: E402
-from space.admission import DEFAULT_WORKERS, Admission  # noqa: E402
-from space.admission import install_handlers as install_admission_handlers  # noqa: E402
-from space.door import AdmissionDoor  # noqa: E402
-from space.explain import Explainer  # noqa: E402
-from space.runtime import Runtime  # noqa: E402
-from space.security import install_security, secure_gradio, ui_credentials  # noqa: E402
+from space import __version__  # noqa: E402
+from space.serving.admission import DEFAULT_WORKERS, Admission  # noqa: E402
+from space.serving.explainer import Explainer  # noqa: E402
+from space.serving.pipeline import Runtime  # noqa: E402
 from space.settings import Settings  # noqa: E402
-from space.ui import THEME, build_ui  # noqa: E402
+from space.web import explain_api, logs, metrics, routes  # noqa: E402
+from space.web.door import AdmissionDoor  # noqa: E402
+from space.web.errors import install_error_handlers  # noqa: E402
+from space.web.security import install_security, secure_gradio, ui_credentials  # noqa: E402
+from space.web.ui import THEME, build_ui  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,9 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     app.state.runtime = runtime
     app.state.admission = admission
     app.state.explainer = explainer = Explainer(runtime, admission)  # issue 17: /explain, page, MCP
-    api.install_error_handlers(app)
-    install_admission_handlers(app)
+    install_error_handlers(app)  # every error's HTTP answer, in one place
     sessions = install_security(app, settings)
-    app.include_router(api.router)
+    app.include_router(routes.router)
     app.include_router(explain_api.router)
     app.add_api_route("/metrics", metrics.metrics_endpoint(runtime), methods=["GET"], include_in_schema=False)
     # Every answer (401s and 503s included) gets a request id, a log line and a count.

@@ -1,0 +1,5 @@
+import sys
+
+from space.bake import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""Bake step, accuracy guard: an optimised backend must stay within a stated distance of fp32 PyTorch.
+
+The bound: every example photo keeps its fp32 top-1 label, and the logits of every fixed input keep a
+cosine similarity of at least :data:`MIN_COSINE` with fp32 PyTorch's. Both sides are serving backends
+(:mod:`space.backends`), run one image at a time as the server runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from space.backends import Backend
+from space.errors import ModelUnavailable
+
+MIN_COSINE = 0.99
+MIN_TOP1_AGREEMENT = 1.0
+GUARD_INPUTS = 8
+GUARD_SEED = 20240607
+
+
+class AccuracyError(ModelUnavailable):
+    """The optimised model drifts from the fp32 reference beyond the stated bound."""
+
+
+@dataclass
+class GuardReport:
+    """How close an optimised model is to fp32 PyTorch, and whether that is within the bound."""
+
+    backend: str
+    min_cosine: float
+    mean_cosine: float
+    inputs: int
+    photos: int
+    top1_agreement: float | None
+    disagreements: list[str]
+    bound_cosine: float
+    bound_top1: float
+    passed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def guard_inputs(image_size: tuple[int, int], count: int = GUARD_INPUTS) -> np.ndarray:
+    """The fixed inputs of the logit-similarity check: seeded normalised noise, the same on every run."""
+    height, width = image_size
+    rng = np.random.default_rng(GUARD_SEED)
+    return rng.standard_normal((count, 3, height, width), dtype=np.float32)
+
+
+def check_accuracy(
+    reference: Backend,
+    candidate: Backend,
+    processor: Any,
+    image_size: tuple[int, int],
+    photos: Sequence[Path] = (),
+    min_cosine: float = MIN_COSINE,
+    min_top1: float = MIN_TOP1_AGREEMENT,
+) -> GuardReport:
+    """Compare ``candidate`` with the fp32 ``reference`` backend on the fixed inputs and the photos."""
+    from PIL import Image
+
+    batches = [guard_inputs(image_size)]
+    names = [p.name for p in photos]
+    if photos:
+        images = []
+        for path in photos:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        pixels = processor(images=images, return_tensors="np")["pixel_values"]
+        batches.append(np.ascontiguousarray(pixels, dtype=np.float32))
+    ref = [_rows(reference, batch) for batch in batches]
+    got = [_rows(candidate, batch) for batch in batches]
+    all_ref, all_got = np.concatenate(ref), np.concatenate(got)
+    cosine = (all_ref * all_got).sum(1) / (
+        np.linalg.norm(all_ref, axis=1) * np.linalg.norm(all_got, axis=1) + 1e-12
+    )
+    agreement, disagreements = None, []
+    if photos:
+        same = ref[1].argmax(1) == got[1].argmax(1)
+        agreement = float(same.mean())
+        disagreements = [name for name, ok in zip(names, same, strict=True) if not ok]
+    passed = bool(cosine.min() >= min_cosine and (agreement is None or agreement >= min_top1))
+    return GuardReport(
+        backend=candidate.name,
+        min_cosine=round(float(cosine.min()), 6),
+        mean_cosine=round(float(cosine.mean()), 6),
+        inputs=len(all_ref),
+        photos=len(names),
+        top1_agreement=agreement,
+        disagreements=disagreements,
+        bound_cosine=min_cosine,
+        bound_top1=min_top1,
+        passed=passed,
+    )
+
+
+def _rows(backend: Backend, batch: np.ndarray) -> np.ndarray:
+    """One image at a time: the serving path runs batch sizes from 1 up, and this keeps memory flat."""
+    return np.concatenate(
+        [np.asarray(backend.logits(batch[i : i + 1]), dtype=np.float64) for i in range(len(batch))]
+    )

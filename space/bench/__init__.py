@@ -1,0 +1,216 @@
+"""``python -m space bench``: serving speed of this app against the naive baseline, over HTTP, in one run;
+``--overload``: how this app alone holds up under far more clients than it has slots.
+
+Why a script and not a test: speed depends on the machine and its load, so it is measured and reported
+(the README's Performance section), never asserted. Both servers run as separate processes on
+loopback, on the same model, one after the other, driven by the same client threads; the numbers
+that matter are the ratios within one run.
+
+The baseline is ``transformers.pipeline("image-classification")`` behind a plain FastAPI endpoint that
+takes the raw image bytes (the same HTTP contract as our ``POST /predict``). It is the tutorial's design
+without Gradio's queue in front, so it is a little *faster* than the tutorial's ``gr.Interface`` and the
+ratios are conservative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from space.bench.load import (
+    HEADER,
+    Cell,
+    measure_bare,
+    measure_explain,
+    overload_line,
+    row,
+    run_cells,
+    run_overload,
+)
+from space.bench.servers import BASELINE, Process
+from space.bench.workload import make_jpeg, make_vit_b16, measure_peak_gflops, vit_gflop
+
+CLIENTS = (1, 4, 16)
+SIZES = {"640x480": (640, 480), "12MP": (4000, 3000)}
+
+
+def report(cells: list[Cell], limits: dict[str, float]) -> str:
+    baselines = {(c.image, c.clients): c for c in cells if c.server == "baseline"}
+    lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+    lines += [row(c, baselines.get((c.image, c.clients)), limits) for c in cells]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a few seconds per cell (a sanity check)")
+    parser.add_argument("--model", type=Path, help="model folder (default: ViT-B/16, random weights)")
+    parser.add_argument("--seconds", type=float, help="seconds per cell (default: 15, quick: 1.5)")
+    parser.add_argument(
+        "--clients", default=",".join(map(str, CLIENTS)), help="client counts, comma-separated"
+    )
+    parser.add_argument("--images", default=",".join(SIZES), help=f"image sizes from {', '.join(SIZES)}")
+    parser.add_argument("--no-baseline", action="store_true", help="measure this server only")
+    parser.add_argument(
+        "--bare", action="store_true", help="first measure the served backend alone, in process (no HTTP)"
+    )
+    parser.add_argument(
+        "--overload",
+        action="store_true",
+        help="this server only: capacity with 4 clients, then --connections clients at once (shedding)",
+    )
+    parser.add_argument(
+        "--connections", type=int, help="clients at once in the overload run (default: 200, quick: 50)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--peak-gflops",
+        metavar="fp32=N,bf16=N,int8=N",
+        help="hardware peak to compare with (default: measured matmul speed; on a busy machine that is low)",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="extra setting for our server"
+    )
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    seconds = args.seconds or (1.5 if args.quick else 15.0)
+    clients = [int(c) for c in args.clients.split(",")]
+    sizes = [s.strip() for s in args.images.split(",")]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        print(f"error: unknown --images {unknown}; use {', '.join(SIZES)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="vit-space-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        model = args.model
+        if model is None:
+            print("building ViT-B/16 with random weights ...", file=sys.stderr, flush=True)
+            model = make_vit_b16(scratch / "vit-b16")
+        if not (model / "optimized.json").is_file():
+            model = _bake_copy(model, scratch / "baked")
+        images = {name: make_jpeg(SIZES[name]) for name in sizes}
+        if args.overload:  # this server alone, no baseline, no hardware limits
+            return _overload_main(args, model, images, server_env(model, scratch, args.env), scratch)
+        bare = None
+        if args.bare:  # before anything else computes: PyTorch's OpenMP threads spin after a matmul
+            print("measuring the bare backend in process ...", file=sys.stderr, flush=True)
+            bare = measure_bare(model, 1.0 if args.quick else 10.0)
+        limits_gflops = measure_peak_gflops(0.5 if args.quick else 2.0)
+        if args.peak_gflops:
+            limits_gflops.update(
+                {k: float(v) for k, v in (i.split("=") for i in args.peak_gflops.split(","))}
+            )
+        gflop = vit_gflop(model)
+        limits = {key: value / gflop for key, value in limits_gflops.items()}
+        env = server_env(model, scratch, args.env)
+        runs = [("vit-space", [sys.executable, "-m", "space", "serve"])]
+        if not args.no_baseline:
+            runs.append(("baseline", [*BASELINE, str(model)]))
+        info: dict[str, object] = {}
+        servers = [Process(name, command, env, scratch / f"{name}.log") for name, command in runs]
+        try:
+            for server in servers:  # both load at once; an idle server costs the other nothing
+                server.wait_ready()
+            import httpx
+
+            info = httpx.get(f"{servers[0].url}/info", timeout=10).json().get("model", {})
+            print("measuring " + ", ".join(s.name for s in servers), file=sys.stderr, flush=True)
+            cells = run_cells(servers, images, clients, seconds)
+            print("measuring explanations ...", file=sys.stderr, flush=True)
+            explain_image = sizes[0]
+            explained = measure_explain(servers[0].url, images[explain_image], 2 if args.quick else 10)
+        finally:
+            for server in servers:
+                server.stop()
+    print(f"model: {model.name}, {gflop:.3g} GFLOP/image; served backend: {info.get('backend')}")
+    source = "given" if args.peak_gflops else "measured matmul"
+    peaks = "; ".join(f"{k} {v} GFLOP/s = {limits[k]:.1f} images/s" for k, v in limits_gflops.items())
+    print(f"hardware limit ({source}): {peaks}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    if bare:
+        print(
+            f"bare backend ({bare['backend']}, in process, no HTTP or decoding): one call at a time p50 "
+            f"{bare['lone_p50_ms']} ms; {bare['workers']} at once {bare['images_per_s']} images/s"
+        )
+    print(report(cells, limits))
+    print(
+        f"explanation (occlusion {explained['grid']}x{explained['grid']}, {explained['forward_passes']} "
+        f"forward passes, {explain_image}, one at a time): p50 {explained['explain_p50_ms']:.0f} ms = "
+        f"{explained['ratio']}x a lone /predict p50 ({explained['predict_p50_ms']:.0f} ms, same run)"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "cells": [asdict(c) for c in cells],
+                    "gflop": gflop,
+                    "peak_gflops": limits_gflops,
+                    "info": info,
+                    "bare": bare,
+                    "explain": explained,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def server_env(model: Path, scratch: Path, extra: Sequence[str]) -> dict[str, str]:
+    """Our server's environment: quiet logs, large uploads allowed, ``--env`` last."""
+    return {
+        **os.environ,
+        "SPACE_MODEL": str(model),
+        "SPACE_HOST": "127.0.0.1",
+        "SPACE_LOG_LEVEL": "warning",
+        "SPACE_REQUEST_LOG": "false",
+        "SPACE_MAX_UPLOAD_MB": "50",
+        "GRADIO_TEMP_DIR": str(scratch / "gradio"),
+        **dict(item.split("=", 1) for item in extra),
+    }
+
+
+def _overload_main(
+    args: argparse.Namespace, model: Path, images: dict[str, bytes], env: dict[str, str], scratch: Path
+) -> int:
+    """``--overload``: one server, capacity then overload for each image size, one line each."""
+    seconds = args.seconds or (2.0 if args.quick else 30.0)
+    connections = args.connections or (50 if args.quick else 200)
+    clients = 4
+    server = Process("vit-space", [sys.executable, "-m", "space", "serve"], env, scratch / "vit-space.log")
+    try:
+        server.wait_ready()
+        print(f"overload: {connections} connections for {seconds:g} s ...", file=sys.stderr, flush=True)
+        results = [
+            result
+            for name, body in images.items()
+            for result in run_overload(server, name, body, clients, connections, seconds)
+        ]
+    finally:
+        server.stop()
+    print(f"model: {model.name}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    for result in results:
+        print(overload_line(result))
+    if args.json:
+        args.json.write_text(json.dumps({"overload": [asdict(r) for r in results]}, indent=2))
+    return 0
+
+
+def _bake_copy(model: Path, target: Path) -> Path:
+    """``model`` baked into ``target`` by the bake command itself (fastest backend that passes the guard
+    on this CPU), keeping the PyTorch weights that the baseline serves."""
+    print("baking the optimised model (python -m space bake) ...", file=sys.stderr, flush=True)
+    command = [sys.executable, "-m", "space", "bake", "--model", str(model), "--output", str(target)]
+    subprocess.run([*command, "--optimize", "auto", "--keep-pytorch-weights"], check=True, stdout=sys.stderr)
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m space bench", description=__doc__)
+    add_arguments(parser)
+    return main_from_args(parser.parse_args(argv))

@@ -1,0 +1,5 @@
+import sys
+
+from space.bench import main
+
+sys.exit(main())

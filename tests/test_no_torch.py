@@ -1,0 +1,141 @@
+"""Serving without PyTorch: each non-PyTorch backend (ONNX Runtime fp32 and int8, lean bakes of the real
+model) as a real ``python -m space serve`` in which torch and onnx cannot be imported, API, page and MCP
+included, with answers that match the PyTorch path.
+
+"Cannot be imported" as if not installed: a ``sitecustomize.py`` on PYTHONPATH replaces the path finder
+with one that finds nothing for ``torch``, ``torchvision`` and ``onnx`` (transformers then falls back to
+its PIL/numpy image processors, which it also uses with torch when torchvision is absent, as here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from space.bake import bake
+from tests.conftest import PHOTOS, REPO, Photo, Server
+
+BLOCKED = ("torch", "torchvision", "onnx")
+SITECUSTOMIZE = f'''
+import importlib.machinery, os, sys
+BLOCKED = {BLOCKED!r}
+class _NotInstalled(importlib.machinery.PathFinder):
+    """Finds nothing for the blocked packages: importing them fails as if they were not installed."""
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if any(name == m or name.startswith(m + ".") for m in BLOCKED):
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+sys.meta_path[:] = [_NotInstalled if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+if os.environ.get("NO_TORCH_MARKER"):
+    open(os.environ["NO_TORCH_MARKER"], "a").write(f"{{os.getpid()}}\\n")
+'''
+LEAN = {"config.json", "preprocessor_config.json", "optimized.json", "vit-space-manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def no_torch_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment in which a Python process cannot import torch or onnx; the marker lists its pids."""
+    folder = tmp_path_factory.mktemp("no-torch")
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "NO_TORCH_MARKER": str(folder / "started")}
+
+
+@pytest.fixture(scope="module")
+def lean_bakes(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The real model baked for ONNX Runtime fp32 and int8 by the bake step, with the photos as examples."""
+    root = tmp_path_factory.mktemp("lean")
+    for precision in ("fp32", "int8"):
+        examples = {"examples_from": PHOTOS, "examples_dir": root / f"examples-{precision}"}
+        bake(str(real_model), root / precision, optimize="onnxruntime", precision=precision, **examples)
+    return {precision: root / precision for precision in ("fp32", "int8")}
+
+
+def test_the_blocker_makes_torch_and_onnx_unimportable(no_torch_env: dict[str, str]) -> None:
+    script = (
+        "import importlib, importlib.util\n"
+        f"for name in {BLOCKED!r}:\n"
+        "    assert importlib.util.find_spec(name) is None, name\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError:\n"
+        "        continue\n"
+        "    raise SystemExit(name + ' imported')\n"
+        "import onnxruntime, transformers, gradio\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, **no_torch_env}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_lean_bake_holds_only_what_is_served(lean_bakes: dict[str, Path]) -> None:
+    for precision, folder in lean_bakes.items():
+        assert {p.name for p in folder.iterdir()} == {*LEAN, f"model-{precision}.onnx"}
+
+
+def mcp_classify(server: Server, photo: Path) -> tuple[list[str], str]:
+    """The MCP tools' names and the ``classify`` tool's answer for ``photo``, over streamable HTTP."""
+    image = "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode()
+
+    async def run() -> tuple[list[str], str]:
+        async with (
+            streamable_http_client(server.url + "/gradio_api/mcp/") as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            tools = [tool.name for tool in (await session.list_tools()).tools]
+            result: Any = await session.call_tool("classify", {"image": image, "top_k": 3})
+            assert not result.isError, result.content
+            return tools, result.content[0].text
+
+    return asyncio.run(asyncio.wait_for(run(), timeout=120))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_onnx_runtime_serves_api_page_and_mcp_without_torch(
+    precision: str,
+    lean_bakes: dict[str, Path],
+    no_torch_env: dict[str, str],
+    server_factory: Callable[..., Server],
+    real_server: Server,
+    photos: list[Photo],
+) -> None:
+    marker = Path(no_torch_env["NO_TORCH_MARKER"])
+    marker.unlink(missing_ok=True)
+    server = server_factory(lean_bakes[precision], env={**no_torch_env, "SPACE_MCP": "1"})
+    assert str(server.process.pid) in marker.read_text().split()  # the blocker ran in the server
+    with server.client() as http, real_server.client() as reference:
+        info = http.get("/info").json()["model"]
+        assert info["backend"] == f"onnxruntime-{precision}" and "torch" not in info["versions"], info
+        assert http.get("/").status_code == 200
+        for photo in photos:
+            data = photo.path.read_bytes()
+            got = http.post("/predict", content=data, params={"top_k": 5}).json()
+            want = reference.post("/predict", content=data, params={"top_k": 5}).json()
+            assert got[0]["label"] in photo.accepted and got[0]["label"] == want[0]["label"], (photo, got)
+            if precision == "fp32":  # the same model: the PyTorch path's answer, to 1e-4
+                assert [g["label"] for g in got] == [w["label"] for w in want], photo
+                np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-4)
+        explained = http.post("/explain", content=photos[0].path.read_bytes()).json()
+        assert explained["label"] in photos[0].accepted and explained["method"] == "occlusion"
+    lion = next(p for p in photos if p.path.name == "lion.jpg")
+    shown, _ = Client(server.url, verbose=False).predict(handle_file(str(lion.path)), 3, api_name="/classify")
+    assert shown["label"] in lion.accepted, shown
+    tools, text = mcp_classify(server, lion.path)
+    assert tools == ["classify", "explain"] and any(label in text for label in lion.accepted), text
+    assert "Traceback" not in server.log()
