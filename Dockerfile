@@ -78,6 +78,9 @@ ARG EXAMPLES_FROM=
 # PyTorch fp32 (needs VARIANT=torch); `auto` picks by the *build* machine's CPU.
 ARG OPTIMIZE=onnxruntime
 ARG OPTIMIZE_PRECISION=int8
+# podman/buildah's layer cache does not see the content of a --build-context bind mount: a digest of the
+# local model folder and examples (infra/container-test.sh passes one) makes another folder bake again.
+ARG MODEL_SOURCE_DIGEST=
 COPY examples/ /src/examples/
 # The Hub token exists only during this RUN, as the BuildKit secret `HF_TOKEN`; bake never writes it.
 # The lean variant bakes a lean folder: the served file, config.json, preprocessor_config.json, manifests.
@@ -91,35 +94,39 @@ RUN --mount=type=secret,id=HF_TOKEN \
       --optimize "$OPTIMIZE" --precision "$OPTIMIZE_PRECISION" \
       --token-file /run/secrets/HF_TOKEN ${EXAMPLES_FROM:+--examples-from "$EXAMPLES_FROM"} "$@"
 
-# ---- venv-lean: the serving venv, less what serving never loads --------------------------------------
-# (ONNX Runtime's quantisation, transformer-optimiser and tools packages and its C-API library, which the
-# Python binding does not load; hf_xet, for Hub downloads; pip.) The serving process imports none of
-# these (tests/test_backends.py serves with them hidden; tests/test_no_torch.py without torch and onnx).
-FROM serve-deps AS venv-lean
+# ---- runtime-venv: the serving venv, less what serving never loads; VARIANT=torch adds CPU torch ------
+# Removed (what serving never loads): ONNX Runtime's quantisation, transformer-optimiser and tools
+# packages and its C-API library (the Python binding does not load it); hf_xet, for Hub downloads; pip.
+# The serving process imports none of these (tests/test_backends.py serves with them hidden;
+# tests/test_no_torch.py without torch and onnx). VARIANT=torch also installs CPU torch, trimmed
+# (~400 MB): its C++ headers and test binaries (torch_shm_manager stays), the symbol tables of its
+# libraries (strip --strip-unneeded; binutils only for that, in this stage) and sympy's tests.
+# One stage with a condition, not `FROM venv-${VARIANT}`: buildah cannot see that stage dependency.
+FROM serve-deps AS runtime-venv
+ARG VARIANT
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
+ARG TORCH_VERSION=2.13.0
+# hadolint ignore=DL3008
 RUN sp="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+ && if [ "$VARIANT" = torch ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends binutils \
+      && rm -rf /var/lib/apt/lists/* \
+      && pip install "torch==${TORCH_VERSION}" \
+      && python -c "import torch; assert torch.version.cuda is None, 'a CUDA build of torch was installed'" \
+      && rm -rf "$sp/torch/include" "$sp/torch/test" \
+      && strip --strip-unneeded "$sp"/torch/lib/*.so* \
+      && find "$sp/torch/bin" -type f ! -name torch_shm_manager -delete \
+      && find "$sp/sympy" -type d -name tests -prune -exec rm -rf {} + ; \
+    elif [ "$VARIANT" != lean ]; then echo "VARIANT must be lean or torch, not $VARIANT" >&2; exit 1; \
+    fi \
  && rm -rf "$sp"/hf_xet "$sp"/hf_xet-*.dist-info \
       "$sp"/onnxruntime/quantization "$sp"/onnxruntime/transformers "$sp"/onnxruntime/tools \
       "$sp"/onnxruntime/capi/libonnxruntime.so.* \
  && pip uninstall --yes pip
-
-# ---- venv-torch: the bake venv with torch, trimmed, for those who serve PyTorch ----------------------
-# Trimmed (~400 MB): torch's C++ headers and test binaries (torch_shm_manager stays), the symbol tables
-# of its libraries (strip --strip-unneeded), sympy's tests, and pip. binutils: only for strip here.
-FROM bake-deps AS venv-torch
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends binutils \
- && rm -rf /var/lib/apt/lists/* \
- && sp="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && rm -rf "$sp/torch/include" "$sp/torch/test" \
- && strip --strip-unneeded "$sp"/torch/lib/*.so* \
- && find "$sp/torch/bin" -type f ! -name torch_shm_manager -delete \
- && find "$sp/sympy" -type d -name tests -prune -exec rm -rf {} + \
- && pip uninstall --yes pip
-
-# The venv the runtime gets: VARIANT=lean (default) or VARIANT=torch.
-# hadolint ignore=DL3006
-FROM venv-${VARIANT} AS runtime-venv
 
 # ---- runtime: the venv, the baked model and examples; no compilers, pip, caches or tests -------------
 FROM ${BASE_IMAGE} AS runtime

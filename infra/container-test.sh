@@ -103,6 +103,7 @@ if [[ "$ENGINE" == podman ]]; then
     --build-context "model-src=$MODEL_DIR" --build-arg MODEL_ID=/mnt/model-src --build-arg MODEL_REVISION=
     --build-context "examples-src=$PHOTOS" --build-arg EXAMPLES_FROM=/mnt/examples-src
     --build-arg "VCS_REF=$(git -C "$ROOT" rev-parse HEAD)" --build-arg "VARIANT=$VARIANT"
+    --build-arg "MODEL_SOURCE_DIGEST=$(find "$MODEL_DIR" "$PHOTOS" -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)"
     --secret "id=HF_TOKEN,src=$WORK/hf_token")
   # The host's CA bundle (a TLS proxy, if any) and a local wheel folder, if pip is configured with one.
   ca=/etc/ssl/certs/ca-certificates.crt

@@ -134,10 +134,10 @@ def test_onnx_runs_a_lone_call_wide_and_overlapping_calls_narrow_with_the_same_a
 
 
 def bake_only_modules() -> list[str]:
-    """What the Dockerfile's venv-lean stage deletes from the serving venv: only the bake step may need it
-    (torch and onnx are not even installed there: tests/test_no_torch.py serves without them)."""
+    """What the Dockerfile's runtime-venv stage deletes from the serving venv: only the bake step may need
+    it (torch and onnx are not even installed there: tests/test_no_torch.py serves without them)."""
     text = (REPO / "Dockerfile").read_text()
-    stage = text[text.index("AS venv-lean") : text.index("AS venv-torch")]
+    stage = text[text.index("AS runtime-venv") : text.index("AS runtime\n")]
     paths = re.findall(r'"\$sp"/([\w/]+)(?=\s|$)', stage)
     assert {"hf_xet", "onnxruntime/quantization"} <= set(paths), paths
     return [path.replace("/", ".") for path in paths]
