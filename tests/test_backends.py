@@ -34,7 +34,7 @@ from space.model.folder import OPTIMIZED_MANIFEST
 from space.serving.images import ImageLimits, decode
 from space.serving.pipeline import Runtime, draft_size
 from space.settings import Settings
-from tests.conftest import REPO, Photo, Server, free_port, make_tiny_vit
+from tests.conftest import REPO, Photo, Server, make_tiny_vit
 
 # --- CPU allocation -----------------------------------------------------------------------------------
 
@@ -267,7 +267,7 @@ def test_server_serves_the_baked_onnx_model_like_torch(
 def _serve_fails(model: Path, env: dict[str, str]) -> str:
     """``python -m space serve`` that must stop at start-up: its one error line (stderr)."""
     result = subprocess.run(
-        [sys.executable, "-m", "space", "serve", "--model", str(model), "--port", str(free_port())],
+        [sys.executable, "-m", "space", "serve", "--model", str(model), "--port", "0"],
         cwd=REPO,
         env={**_env(), **env},
         capture_output=True,
