@@ -85,7 +85,7 @@ def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class PortNotBound(AssertionError):
-    """The server's start-up line (with its port) is not in its log yet."""
+    """The server exited, or did not bind its port in time: no URL to talk to."""
 
 
 @dataclass
@@ -103,11 +103,18 @@ class Server:
 
     @property
     def url(self) -> str:
-        if self.bound_url is None:
+        """The server's base URL, once it has bound its port (waits for that, up to two minutes)."""
+        deadline = time.monotonic() + 120
+        while self.bound_url is None:
             found = re.search(r"Uvicorn running on (http://[0-9.]+:[0-9]+)", self.log())
-            if found is None:
-                raise PortNotBound(f"the server has not bound its port yet:\n{self.log()}")
-            self.bound_url = found.group(1)
+            if found is not None:
+                self.bound_url = found.group(1)
+            elif self.process.poll() is not None:
+                raise PortNotBound(f"the server exited with {self.process.returncode}:\n{self.log()}")
+            elif time.monotonic() > deadline:
+                raise PortNotBound(f"the server has not bound its port after 120 s:\n{self.log()}")
+            else:
+                time.sleep(0.05)
         return self.bound_url
 
     def log(self) -> str:
