@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+from PIL import Image
 
 from space.backends.choice import Choice, model_file, resolve_choice
 from space.errors import ModelUnavailable, NotReady
@@ -128,30 +128,27 @@ class Runtime:
     ) -> list[Prediction]:
         """Decode and classify one uploaded image (the API's path); ``function_to_apply`` None is the
         model's default (sigmoid for multi-label models, softmax otherwise)."""
-        model = self.classifier
-        k = self.resolve_top_k(top_k)
-        with self._decoding:
-            pixels = model.preprocess([decode(data, self.limits, self.draft_size)])[0]
-        return self._predict(model, pixels, k, function_to_apply)
+        return self._classify(lambda: decode(data, self.limits, self.draft_size), top_k, function_to_apply)
 
     def classify_file(
         self, path: str | Path, top_k: int | None = None, function_to_apply: str | None = None
     ) -> list[Prediction]:
         """Decode and classify one image file (the UI's and CLI's path), with the same checks."""
+        return self._classify(lambda: read_file(path, self.limits, self.draft_size), top_k, function_to_apply)
+
+    def _classify(
+        self, read: Callable[[], Image.Image], top_k: int | None, function_to_apply: str | None
+    ) -> list[Prediction]:
+        """Read (bounded decoding threads), preprocess, then through the batcher, so concurrent requests
+        share backend calls."""
         model = self.classifier
         k = self.resolve_top_k(top_k)
         with self._decoding:
-            pixels = model.preprocess([read_file(path, self.limits, self.draft_size)])[0]
-        return self._predict(model, pixels, k, function_to_apply)
-
-    def _predict(
-        self, model: Classifier, pixels: np.ndarray, top_k: int, function_to_apply: str | None
-    ) -> list[Prediction]:
-        """Through the batcher, so concurrent requests share backend calls."""
+            pixels = model.preprocess([read()])[0]
         assert self.batcher is not None
         with metrics.QUEUE_DEPTH.track_inprogress():
             row = self.batcher.submit(pixels)
-        return model.top_k(row, top_k, function_to_apply)
+        return model.top_k(row, k, function_to_apply)
 
 
 def draft_size(processor: object) -> tuple[int, int]:
