@@ -74,10 +74,12 @@ ARG MODEL_REVISION=3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3
 # Copy example images from this folder (e.g. /mnt/examples-src) instead of downloading them.
 ARG EXAMPLES_FROM=
 # The serving backend, exported and accuracy-checked here (python -m space bake --optimize), so start-up
-# converts nothing. Default: ONNX Runtime int8 (3.3x to 4.2x the PyTorch fp32 pipeline here). `none` serves
-# PyTorch fp32 (needs VARIANT=torch); `auto` picks by the *build* machine's CPU.
-ARG OPTIMIZE=onnxruntime
-ARG OPTIMIZE_PRECISION=int8
+# converts nothing. Default `auto`: every OpenVINO and ONNX Runtime candidate that passes the accuracy
+# guard is measured on the *build* machine's CPU and the fastest is kept; optimized.json in the image
+# (and /info) records the figures and why. Every candidate runs on any x86-64 CPU; to pin one, e.g.
+# OPTIMIZE=openvino OPTIMIZE_PRECISION=int8. `none` serves PyTorch fp32 (needs VARIANT=torch).
+ARG OPTIMIZE=auto
+ARG OPTIMIZE_PRECISION=auto
 # podman/buildah's layer cache does not see the content of a --build-context bind mount: a digest of the
 # local model folder and examples (infra/container-test.sh passes one) makes another folder bake again.
 ARG MODEL_SOURCE_DIGEST=
@@ -96,7 +98,10 @@ RUN --mount=type=secret,id=HF_TOKEN \
 
 # ---- runtime-venv: the serving venv, less what serving never loads; VARIANT=torch adds CPU torch ------
 # Removed (what serving never loads): ONNX Runtime's quantisation, transformer-optimiser and tools
-# packages and its C-API library (the Python binding does not load it); hf_xet, for Hub downloads; pip.
+# packages and its C-API library (the Python binding does not load it); OpenVINO's GPU, NPU, AUTO, HETERO
+# and batching plugins, every model-format frontend but its own IR's, its C API, headers, converter
+# tools and telemetry (90 MB of its 180 MB: serving loads an IR file on the CPU plugin, nothing else);
+# hf_xet, for Hub downloads; pip.
 # The serving process imports none of these (tests/test_backends.py serves with them hidden;
 # tests/test_no_torch.py without torch and onnx). VARIANT=torch also installs CPU torch, trimmed
 # (~400 MB): its C++ headers and test binaries (torch_shm_manager stays), the symbol tables of its
@@ -123,6 +128,13 @@ RUN sp="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
       && find "$sp/sympy" -type d -name tests -prune -exec rm -rf {} + ; \
     elif [ "$VARIANT" != lean ]; then echo "VARIANT must be lean or torch, not $VARIANT" >&2; exit 1; \
     fi \
+ && ov="$sp/openvino" \
+ && rm -rf "$ov"/libs/libopenvino_intel_gpu_plugin.so "$ov"/libs/libopenvino_intel_npu_plugin.so \
+      "$ov"/libs/libopenvino_auto_plugin.so "$ov"/libs/libopenvino_auto_batch_plugin.so \
+      "$ov"/libs/libopenvino_hetero_plugin.so "$ov"/libs/libopenvino_c.so.* "$ov"/libs/cache.json \
+      "$ov"/include "$ov"/cmake "$ov"/tools "$ov"/frontend/jax "$ov"/frontend/onnx "$ov"/frontend/paddle \
+      "$ov"/frontend/pytorch "$ov"/frontend/tensorflow "$sp"/openvino_telemetry \
+ && find "$ov"/libs -name 'libopenvino_*_frontend.so.*' ! -name 'libopenvino_ir_frontend.so.*' -delete \
  && rm -rf "$sp"/hf_xet "$sp"/hf_xet-*.dist-info \
       "$sp"/onnxruntime/quantization "$sp"/onnxruntime/transformers "$sp"/onnxruntime/tools \
       "$sp"/onnxruntime/capi/libonnxruntime.so.* \

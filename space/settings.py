@@ -64,7 +64,13 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         30.0, gt=0, description="Longest an upload body may take to arrive; slower -> 408."
     )
-    ui_concurrency: int = Field(2, ge=1, le=64, description="UI (Gradio queue) events run at once.")
+    ui_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="UI (Gradio queue) events run at once (default: max_in_flight, so the page's requests "
+        "share batches as the API's do).",
+    )
     ui_queue_size: int = Field(
         32, ge=1, le=10000, description="UI events that may wait in Gradio's queue; more are told to retry."
     )
@@ -114,14 +120,15 @@ class Settings(BaseSettings):
     mcp: bool = Field(False, description="Serve the classifier as an MCP tool at /gradio_api/mcp/.")
 
     # --- Performance (issue 5): inference backend, precision, batching across users, CPU allocation ---
-    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+    backend: Literal["auto", "openvino", "onnxruntime", "torch"] = Field(
         "auto", description="Inference backend; auto: what the bake step exported (else torch)."
     )
-    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
-        "auto", description="Numeric precision (torch: fp32, bf16; onnxruntime: fp32, int8); auto: baked."
+    precision: Literal["auto", "fp32", "bf16", "int8-weights", "int8"] = Field(
+        "auto",
+        description="Precision (openvino: all; onnxruntime: fp32, int8; torch: fp32, bf16); auto: baked.",
     )
     workers: int | None = Field(
-        None, ge=1, le=64, description="Inference calls at once (default: torch 1, onnxruntime one per CPU)."
+        None, ge=1, le=64, description="Inference calls at once (default: onnxruntime one per CPU, others 1)."
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="Most images per backend call (batching).")
     max_batch_wait_ms: float = Field(

@@ -1,6 +1,7 @@
-"""Serving without PyTorch: each non-PyTorch backend (ONNX Runtime fp32 and int8, lean bakes of the real
-model) as a real ``python -m space serve`` in which torch and onnx cannot be imported, API, page and MCP
-included, with answers that match the PyTorch path.
+"""Serving without PyTorch: lean bakes of the real model (ONNX Runtime fp32 and int8, and the bake's own
+choice, ``--optimize auto``: the fastest that passes the guard here, OpenVINO or ONNX Runtime) each as a
+real ``python -m space serve`` in which torch and onnx cannot be imported, API, page and MCP included,
+with answers that match the PyTorch path: every committed photo keeps its top-1 label.
 
 "Cannot be imported" as if not installed: a ``sitecustomize.py`` on PYTHONPATH replaces the path finder
 with one that finds nothing for ``torch``, ``torchvision`` and ``onnx`` (transformers then falls back to
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +27,9 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from space.bake import bake
-from tests.conftest import PHOTOS, REPO, Photo, Server
+from space.bake.calibration import CALIBRATION_SIZE, calibration_photos
+from space.model.cpu import candidates
+from tests.conftest import PHOTOS, REPO, Photo, Server, read_photos
 
 BLOCKED = ("torch", "torchvision", "onnx")
 SITECUSTOMIZE = f'''
@@ -54,14 +58,24 @@ def no_torch_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"PYTHONPATH": path, "NO_TORCH_MARKER": str(folder / "started")}
 
 
+BAKES = {"onnxruntime-fp32": ("onnxruntime", "fp32"), "onnxruntime-int8": ("onnxruntime", "int8")}
+BAKES["auto"] = ("auto", "auto")  # the default: measured here, among those that pass the guard
+
+
 @pytest.fixture(scope="module")
 def lean_bakes(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The real model baked for ONNX Runtime fp32 and int8 by the bake step, with the photos as examples."""
+    """The real model baked by the bake step for each of :data:`BAKES`, with the photos as examples (the
+    accuracy guard's photos: so static int8 calibrates on others)."""
     root = tmp_path_factory.mktemp("lean")
-    for precision in ("fp32", "int8"):
-        examples = {"examples_from": PHOTOS, "examples_dir": root / f"examples-{precision}"}
-        bake(str(real_model), root / precision, optimize="onnxruntime", precision=precision, **examples)
-    return {precision: root / precision for precision in ("fp32", "int8")}
+    for name, (backend, precision) in BAKES.items():
+        examples = {"examples_from": PHOTOS, "examples_dir": root / f"examples-{name}"}
+        bake(str(real_model), root / name, optimize=backend, precision=precision, **examples)
+    return {name: root / name for name in BAKES}
+
+
+def served_name(folder: Path) -> str:
+    chosen = json.loads((folder / "optimized.json").read_text())
+    return f"{chosen['backend']}-{chosen['precision']}"
 
 
 def test_the_blocker_makes_torch_and_onnx_unimportable(no_torch_env: dict[str, str]) -> None:
@@ -74,7 +88,7 @@ def test_the_blocker_makes_torch_and_onnx_unimportable(no_torch_env: dict[str, s
         "    except ModuleNotFoundError:\n"
         "        continue\n"
         "    raise SystemExit(name + ' imported')\n"
-        "import onnxruntime, transformers, gradio\n"
+        "import onnxruntime, openvino, transformers, gradio\n"
         "print('ok')\n"
     )
     env = {**os.environ, **no_torch_env}
@@ -83,8 +97,32 @@ def test_the_blocker_makes_torch_and_onnx_unimportable(no_torch_env: dict[str, s
 
 
 def test_a_lean_bake_holds_only_what_is_served(lean_bakes: dict[str, Path]) -> None:
-    for precision, folder in lean_bakes.items():
-        assert {p.name for p in folder.iterdir()} == {*LEAN, f"model-{precision}.onnx"}
+    for folder in lean_bakes.values():
+        backend, _, precision = served_name(folder).partition("-")
+        served = {f"openvino-{precision}.xml", f"openvino-{precision}.bin"}
+        if backend == "onnxruntime":
+            served = {f"model-{precision}.onnx"}
+        assert {p.name for p in folder.iterdir()} == {*LEAN, *served}, folder.name
+
+
+def test_the_default_bake_is_the_fastest_that_passes_the_guard(lean_bakes: dict[str, Path]) -> None:
+    """``--optimize auto`` measured every candidate that passed the guard and kept the fastest; static
+    int8 was calibrated only on photos the guard did not evaluate on (different bytes)."""
+    chosen = json.loads((lean_bakes["auto"] / "optimized.json").read_text())
+    measured = chosen["measured"]
+    assert len(measured) + len(chosen["refused"]) == len(candidates()), chosen
+    fastest = max(measured, key=lambda item: item["speed"]["images_per_s"])
+    assert (chosen["backend"], chosen["precision"]) == (fastest["backend"], fastest["precision"])
+    assert chosen["why"].startswith(f"the fastest of {len(measured)} that passed the accuracy guard")
+    assert chosen["guard"]["passed"] and chosen["guard"]["photos"] == len(read_photos())
+    assert all(item["min_cosine"] >= chosen["guard"]["bound_cosine"] for item in measured)
+    tried = {(item["backend"], item["precision"]) for item in measured}
+    assert ("openvino", "int8") in tried or any(r.startswith("openvino int8") for r in chosen["refused"])
+    calibration = chosen["calibration"]
+    assert calibration["inputs"] == CALIBRATION_SIZE and calibration["photos"], calibration
+    guard_bytes = {p.path.read_bytes() for p in read_photos()}
+    for path in calibration_photos(None):
+        assert (path.name in calibration["photos"]) == (path.read_bytes() not in guard_bytes), path.name
 
 
 def mcp_classify(server: Server, photo: Path) -> tuple[list[str], str]:
@@ -106,9 +144,9 @@ def mcp_classify(server: Server, photo: Path) -> tuple[list[str], str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_onnx_runtime_serves_api_page_and_mcp_without_torch(
-    precision: str,
+@pytest.mark.parametrize("name", list(BAKES))
+def test_lean_bakes_serve_api_page_and_mcp_without_torch(
+    name: str,
     lean_bakes: dict[str, Path],
     no_torch_env: dict[str, str],
     server_factory: Callable[..., Server],
@@ -117,18 +155,18 @@ def test_onnx_runtime_serves_api_page_and_mcp_without_torch(
 ) -> None:
     marker = Path(no_torch_env["NO_TORCH_MARKER"])
     marker.unlink(missing_ok=True)
-    server = server_factory(lean_bakes[precision], env={**no_torch_env, "SPACE_MCP": "1"})
+    server = server_factory(lean_bakes[name], env={**no_torch_env, "SPACE_MCP": "1"})
     assert str(server.process.pid) in marker.read_text().split()  # the blocker ran in the server
     with server.client() as http, real_server.client() as reference:
         info = http.get("/info").json()["model"]
-        assert info["backend"] == f"onnxruntime-{precision}" and "torch" not in info["versions"], info
+        assert info["backend"] == served_name(lean_bakes[name]) and "torch" not in info["versions"], info
         assert http.get("/").status_code == 200
         for photo in photos:
             data = photo.path.read_bytes()
             got = http.post("/predict", content=data, params={"top_k": 5}).json()
             want = reference.post("/predict", content=data, params={"top_k": 5}).json()
             assert got[0]["label"] in photo.accepted and got[0]["label"] == want[0]["label"], (photo, got)
-            if precision == "fp32":  # the same model: the PyTorch path's answer, to 1e-4
+            if info["backend"].endswith("-fp32"):  # the same model: the PyTorch path's answer, to 1e-4
                 assert [g["label"] for g in got] == [w["label"] for w in want], photo
                 np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-4)
         explained = http.post("/explain", content=photos[0].path.read_bytes()).json()

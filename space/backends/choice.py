@@ -14,8 +14,14 @@ from space.backends import Backend
 from space.errors import ModelUnavailable
 from space.model.folder import has_pytorch_weights, read_optimized
 
-BACKENDS = ("torch", "onnxruntime")
-SUPPORTED = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
+BACKENDS = ("openvino", "onnxruntime", "torch")
+SUPPORTED = {
+    "openvino": ("fp32", "bf16", "int8-weights", "int8"),
+    "onnxruntime": ("fp32", "int8"),
+    "torch": ("fp32", "bf16"),
+}
+# The file each exported runtime loads, in the model folder (PyTorch loads the folder itself).
+FILES = {"openvino": "openvino-{precision}.xml", "onnxruntime": "model-{precision}.onnx"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ def check_choice(backend: str, precision: str) -> None:
     if precision not in SUPPORTED[backend]:
         raise ModelUnavailable(
             f"SPACE_PRECISION={precision!r} is not available with SPACE_BACKEND={backend}; it supports "
-            f"{', '.join(SUPPORTED[backend])} (int8 needs onnxruntime, bf16 needs torch)."
+            f"{', '.join(SUPPORTED[backend])} (openvino supports all four: fp32, bf16, int8-weights, int8)."
         )
 
 
@@ -55,11 +61,7 @@ def resolve_choice(model_dir: Path, backend: str, precision: str) -> Choice:
             return Choice(baked["backend"], baked["precision"], baked)
         return Choice("torch", "fp32")
     if backend == "auto":
-        backend = (
-            baked["backend"]
-            if baked and baked["precision"] == precision
-            else ("onnxruntime" if precision == "int8" else "torch")
-        )
+        backend = baked["backend"] if baked and baked["precision"] == precision else "openvino"
     if precision == "auto":
         precision = baked["precision"] if baked and baked["backend"] == backend else "fp32"
     check_choice(backend, precision)
@@ -86,7 +88,7 @@ def model_file(model_dir: Path, choice: Choice) -> Path:
                 "Hub id or the original model folder)."
             )
         return model_dir
-    file = model_dir / f"model-{choice.precision}.onnx"
+    file = model_dir / FILES[choice.backend].format(precision=choice.precision)
     if not file.is_file():
         raise ModelUnavailable(
             f"{choice.name} was asked for (SPACE_BACKEND/SPACE_PRECISION) but {model_dir} holds no baked "
@@ -103,6 +105,10 @@ def create_backend(model_dir: Path, choice: Choice, threads: int, workers: int =
         from space.backends import pytorch
 
         return pytorch.create(model_dir, choice.precision, threads)
+    if choice.backend == "openvino":
+        from space.backends import openvino_runtime
+
+        return openvino_runtime.OpenVinoBackend(file, choice.precision, threads)
     from space.backends import onnx_runtime
 
     return onnx_runtime.OnnxBackend(file, choice.precision, threads, workers)
@@ -114,6 +120,10 @@ def runtime_version(choice: Choice) -> dict[str, str]:
         from space.backends import pytorch
 
         return {"torch": pytorch.VERSION}
+    if choice.backend == "openvino":
+        from space.backends import openvino_runtime
+
+        return {"openvino": openvino_runtime.VERSION}
     from space.backends import onnx_runtime
 
     return {"onnxruntime": onnx_runtime.VERSION}

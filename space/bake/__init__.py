@@ -31,7 +31,7 @@ from space.bake.fetch import (
     read_token,
     sha256_file,
 )
-from space.model.folder import PYTORCH_WEIGHTS
+from space.model.folder import pytorch_weight_files
 
 
 def prove(model_dir: Path, examples_dir: Path | None, examples: Sequence[Example]) -> tuple[int, list[dict]]:
@@ -63,16 +63,42 @@ def prove(model_dir: Path, examples_dir: Path | None, examples: Sequence[Example
     return classifier.num_labels, results
 
 
-def optimize_model(model_dir: Path, backend: str, precision: str, photos: Sequence[Path]) -> dict[str, Any]:
-    """Export and accuracy-check the serving backend in ``model_dir`` (writes ``optimized.json``)."""
-    from space.bake.export import export_optimized  # torch, onnx and onnxruntime load only when asked
+def optimize_model(
+    model_dir: Path,
+    backend: str,
+    precision: str,
+    photos: Sequence[Path],
+    calibration_dir: Path | None = None,
+    min_top1: float = 1.0,
+) -> dict[str, Any]:
+    """Export and accuracy-check the serving backend in ``model_dir`` (writes ``optimized.json``); with
+    ``auto``, the fastest that passes the guard on this CPU. ``photos`` are the guard's; static int8
+    calibrates on ``calibration_dir`` (default: gradio's bundled photos), less any of them."""
+    from space.bake.export import export_optimized  # torch, onnx, NNCF load only when asked
 
     try:
-        path = export_optimized(model_dir, model_dir, backend=backend, precision=precision, photos=photos)
+        path = export_optimized(
+            model_dir,
+            model_dir,
+            backend=backend,
+            precision=precision,
+            photos=photos,
+            calibration_dir=calibration_dir,
+            min_top1=min_top1,
+        )
     except Exception as exc:
         raise BakeError(f"optimising ({backend}, {precision}) failed: {type(exc).__name__}: {exc}") from None
     choice = json.loads(path.read_text(encoding="utf-8"))
+    for item in choice.get("measured", []):
+        speed = item["speed"]
+        _log(
+            f"measured {item['backend']} {item['precision']}: {speed['images_per_s']} images/s under load, "
+            f"{speed['lone_p50_ms']} ms alone, batch of {speed['max_batch']} {speed['batch_images_per_s']} "
+            f"images/s; guard min cosine {item['min_cosine']}"
+        )
     _log(f"optimised: serving {choice.get('backend')} {choice.get('precision')} ({choice.get('file')})")
+    if choice.get("why"):
+        _log(f"why: {choice['why']}")
     return choice
 
 
@@ -82,17 +108,25 @@ def make_lean(model_dir: Path, choice: dict[str, Any]) -> list[str]:
     if choice.get("backend") == "torch":
         return []
     removed = []
-    for pattern in PYTORCH_WEIGHTS:
-        for path in sorted(model_dir.glob(pattern)):
-            path.unlink()
-            removed.append(path.name)
+    for path in pytorch_weight_files(model_dir):
+        path.unlink()
+        removed.append(path.name)
     if removed:
         _log(f"lean folder for {choice.get('backend')}: removed {', '.join(removed)} (not served)")
     return removed
 
 
 def _versions() -> dict[str, str]:
-    names = ("torch", "transformers", "huggingface_hub", "safetensors", "pillow")
+    names = (
+        "torch",
+        "transformers",
+        "openvino",
+        "nncf",
+        "onnxruntime",
+        "huggingface_hub",
+        "safetensors",
+        "pillow",
+    )
     found = {}
     for name in names:
         try:
@@ -113,6 +147,8 @@ def bake(
     optimize: str = "none",
     precision: str = "auto",
     keep_pytorch_weights: bool = False,
+    calibration_dir: Path | None = None,
+    min_top1: float = 1.0,
 ) -> dict[str, Any]:
     """Fetch, verify and describe a model in ``output``; returns the manifest it wrote.
 
@@ -145,7 +181,7 @@ def bake(
             _log(f"{len(examples)} example image(s) in {examples_dir}")
         if optimize != "none":
             photos = [examples_dir / e.file for e in examples] if examples_dir else []
-            choice = optimize_model(output, optimize, precision, photos)
+            choice = optimize_model(output, optimize, precision, photos, calibration_dir, min_top1)
             if not keep_pytorch_weights:
                 make_lean(output, choice)
         num_labels, results = prove(output, examples_dir, examples)  # what will serve, as it will serve
@@ -184,12 +220,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--optimize",
-        choices=("none", "auto", "onnxruntime", "torch"),
+        choices=("none", "auto", "openvino", "onnxruntime", "torch"),
         default="none",
-        help="also export a faster serving backend, accuracy-checked (auto: fastest on THIS machine's CPU)",
+        help="also export a faster serving backend, accuracy-checked (auto: the fastest that passes the "
+        "guard, measured on THIS machine's CPU)",
     )
     parser.add_argument(
-        "--precision", choices=("auto", "fp32", "int8", "bf16"), default="auto", help="with --optimize"
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8-weights", "int8"),
+        default="auto",
+        help="with --optimize (auto: measure each the backend supports)",
+    )
+    parser.add_argument(
+        "--calibration-dir",
+        type=Path,
+        default=None,
+        help="photos to calibrate static int8 on (default: gradio's bundled photos); any with the same "
+        "bytes as an example photo is left out, since the accuracy guard evaluates on those",
+    )
+    parser.add_argument(
+        "--min-top1-agreement",
+        type=float,
+        default=1.0,
+        help="share of example photos that must keep their fp32 top-1 label (default: all); 0 only for "
+        "a model with random weights (benchmarks), whose top-1 is a near-tie that any rounding flips",
     )
     parser.add_argument(
         "--keep-pytorch-weights",
@@ -212,6 +266,8 @@ def main_from_args(args: argparse.Namespace) -> int:
             optimize=getattr(args, "optimize", "none"),
             precision=getattr(args, "precision", "auto"),
             keep_pytorch_weights=getattr(args, "keep_pytorch_weights", False),
+            calibration_dir=getattr(args, "calibration_dir", None),
+            min_top1=getattr(args, "min_top1_agreement", 1.0),
         )
     except BakeError as exc:
         raise SystemExit(f"bake: error: {exc}") from None

@@ -1,9 +1,10 @@
-"""Bake step, export: makes the optimised serving backend (ONNX Runtime fp32/int8, or PyTorch bf16) once,
-checks it with the accuracy guard, and records the choice in ``optimized.json`` beside the model.
+"""Bake step, export: makes the optimised serving backend (OpenVINO, ONNX Runtime, or PyTorch bf16) once,
+checks it with the accuracy guard, and records the choice in ``optimized.json`` beside the model. With
+``auto``, every candidate that passes the guard is measured on this CPU and the fastest is kept.
 
-Why at bake time: exporting and quantising take tens of seconds, memory, torch and the ``onnx`` package;
-the server only loads what was baked here (it never converts a model). torch is reached through the
-PyTorch backend (:mod:`space.backends.pytorch`), the one module that imports it.
+Why at bake time: exporting, quantising and calibrating take tens of seconds, memory, torch, ``onnx`` and
+NNCF; the server only loads what was baked here (it never converts a model). torch is reached through
+the PyTorch backend (:mod:`space.backends.pytorch`), the one module that imports it.
 """
 
 from __future__ import annotations
@@ -18,15 +19,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from space.backends import Backend
-from space.backends.choice import check_choice
+from space.backends.choice import FILES, check_choice
+from space.bake.calibration import calibration_inputs, calibration_photos
 from space.bake.guard import MIN_COSINE, MIN_TOP1_AGREEMENT, AccuracyError, check_accuracy
+from space.bake.speed import measure_speed
 from space.errors import ModelUnavailable
-from space.model.cpu import available_cpus, candidates, cpu_flags
+from space.model.cpu import available_cpus, candidates, cpu_flags, cpu_model
 from space.model.folder import OPTIMIZED_MANIFEST
 from space.serving.classifier import PROBE_SIZE, processed_size
+from space.serving.pipeline import default_batch, default_workers
 
 log = logging.getLogger(__name__)
+
+MAX_BATCH = 8  # the serving default (SPACE_MAX_BATCH_SIZE), within which a backend's own max_batch applies
+MEASURE_SECONDS = 2.0  # per figure and candidate: three figures, so about 6 s each on top of the export
 
 
 def export_optimized(
@@ -37,12 +46,15 @@ def export_optimized(
     photos: Sequence[Path] = (),
     min_cosine: float = MIN_COSINE,
     min_top1: float = MIN_TOP1_AGREEMENT,
+    calibration_dir: Path | None = None,
+    measure_seconds: float = MEASURE_SECONDS,
 ) -> Path:
     """Make the optimised model for ``model_dir`` in ``out_dir``, guard its accuracy, and describe it.
 
-    ``backend``/``precision`` ``auto`` tries :func:`candidates` fastest first and keeps the first that
-    passes the guard. Writes ``out_dir/optimized.json`` (choice, file, guard report) and, for ONNX
-    Runtime, ``out_dir/model-<precision>.onnx``; returns the path of ``optimized.json``. Raises
+    One backend and precision: it is kept if it passes the guard. ``auto`` for either: every candidate
+    (:func:`candidates`) that passes the guard is measured on this CPU (:mod:`space.bake.speed`) and
+    the fastest under load is kept. Writes ``out_dir/optimized.json`` (choice, file, guard report, the
+    measurements and why) and the runtime's file; returns the path of ``optimized.json``. Raises
     :class:`AccuracyError` (leaving nothing behind) when no requested choice passes the guard.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -54,51 +66,59 @@ def export_optimized(
         choices = [(backend, precision)]
     if not choices:
         raise ModelUnavailable(f"no backend supports backend={backend!r} precision={precision!r}")
+    measure = len(choices) > 1
     ref, processor, image_size = reference(model_dir)
+    sources = Sources(ref.model, processor, image_size, photos, calibration_dir)
     architecture = type(ref.model).__name__
     refused: list[str] = []
     unservable: list[str] = []  # choices that could not even be built or run, not merely inaccurate
-    for choice_backend, choice_precision in choices:
-        started = time.perf_counter()
-        file = out_dir / f"model-{choice_precision}.onnx" if choice_backend == "onnxruntime" else None
-        try:
-            candidate = _candidate(
-                model_dir, ref, processor, image_size, choice_backend, choice_precision, file
-            )
-            report = check_accuracy(ref, candidate, processor, image_size, photos, min_cosine, min_top1)
-        except Exception as error:  # an architecture this backend cannot export or run: refused here
-            if file is not None:
-                file.unlink(missing_ok=True)
-            why = f"{choice_backend} {choice_precision} cannot serve {architecture}: {_first_line(error)}"
-            log.warning("backend refused", extra={"reason": why})
-            refused.append(why)
-            unservable.append(why)
-            continue
-        seconds = round(time.perf_counter() - started, 1)
-        log.info("accuracy guard", extra={"report": report.as_dict(), "seconds": seconds})
-        if report.passed:
-            manifest = {
+    passed: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="vit-space-export-") as scratch:
+        sources.scratch = Path(scratch)
+        for choice_backend, choice_precision in choices:
+            started = time.perf_counter()
+            file = _file(out_dir, choice_backend, choice_precision)
+            try:
+                candidate = _candidate(model_dir, ref, sources, choice_backend, choice_precision, file)
+                report = check_accuracy(ref, candidate, processor, image_size, photos, min_cosine, min_top1)
+            except Exception as error:  # an architecture this backend cannot export or run: refused here
+                _remove(file)
+                why = f"{choice_backend} {choice_precision} cannot serve {architecture}: {_first_line(error)}"
+                log.warning("backend refused", extra={"reason": why})
+                refused.append(why)
+                unservable.append(why)
+                continue
+            seconds = round(time.perf_counter() - started, 1)
+            log.info("accuracy guard", extra={"report": report.as_dict(), "seconds": seconds})
+            if not report.passed:
+                refused.append(
+                    f"{choice_backend} {choice_precision}: min cosine {report.min_cosine} (bound "
+                    f"{min_cosine}), top-1 agreement {report.top1_agreement} (bound {min_top1}), "
+                    f"disagreeing {report.disagreements}"
+                )
+                _remove(file)
+                continue
+            entry: dict[str, Any] = {
                 "backend": choice_backend,
                 "precision": choice_precision,
                 "file": file.name if file else None,
                 "guard": report.as_dict(),
-                "refused": refused,
-                "cpu_flags": sorted(
-                    cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16"}
-                ),
             }
-            for stale in out_dir.glob("model-*.onnx"):
-                if stale != file:
-                    stale.unlink()
-            path = out_dir / OPTIMIZED_MANIFEST
-            path.write_text(json.dumps(manifest, indent=2) + "\n")
-            return path
-        refused.append(
-            f"{choice_backend} {choice_precision}: min cosine {report.min_cosine} (bound {min_cosine}), "
-            f"top-1 agreement {report.top1_agreement} (bound {min_top1}), disagreeing {report.disagreements}"
-        )
-        if file is not None:
-            file.unlink(missing_ok=True)
+            if not measure:
+                return _write(out_dir, entry, refused, [], sources)
+            workers = default_workers(choice_backend, available_cpus())
+            entry["speed"] = measure_speed(
+                candidate, image_size, workers, default_batch(candidate, MAX_BATCH), measure_seconds
+            )
+            _log_speed(entry)
+            passed.append(entry)
+            del candidate  # its memory, before the next candidate is built
+    if passed:
+        best = max(passed, key=lambda entry: entry["speed"]["images_per_s"])
+        for entry in passed:
+            if entry is not best:
+                _remove(out_dir / entry["file"] if entry["file"] else None)
+        return _write(out_dir, best, refused, passed, sources)
     if len(unservable) == len(refused):
         raise ModelUnavailable(
             "; ".join(unservable) + ". Serve it with PyTorch instead (--optimize torch --precision fp32, "
@@ -109,33 +129,154 @@ def export_optimized(
     )
 
 
-def _candidate(
-    model_dir: Path,
-    reference: Any,  # the fp32 TorchBackend
-    processor: Any,
-    image_size: tuple[int, int],
-    backend: str,
-    precision: str,
-    file: Path | None,
-) -> Backend:
-    """The backend to check against the reference: exported (ONNX) or converted (bf16) as needed."""
-    if backend == "onnxruntime":
-        portrait = processed_size(processor, PROBE_SIZE[::-1])  # image_size came from a landscape image
-        if portrait != image_size:  # an exported graph has one input size; PyTorch takes any
+class Sources:
+    """What candidates are made from, each made once and only if needed: the fp32 ONNX export (ONNX
+    Runtime and OpenVINO both start from it) and the calibration inputs (static int8 only)."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        image_size: tuple[int, int],
+        photos: Sequence[Path],
+        calibration_dir: Path | None,
+    ) -> None:
+        self.model, self.processor, self.image_size = model, processor, image_size
+        self.photos = list(photos)
+        self.calibration_dir = calibration_dir
+        self.scratch: Path | None = None
+        self._onnx: Path | None = None
+        self._calibration: list[np.ndarray] | None = None
+        self._calibration_photos: list[Path] = []
+
+    def onnx_fp32(self) -> Path:
+        if self._onnx is None:
+            assert self.scratch is not None
+            self._check_fixed_size()
+            self._onnx = self.scratch / "model-fp32.onnx"
+            _export_onnx(self.model, self.image_size, self._onnx)
+        return self._onnx
+
+    def calibration(self) -> list[np.ndarray]:
+        if self._calibration is None:
+            self._calibration_photos = calibration_photos(self.calibration_dir, self.photos)
+            if not self._calibration_photos:
+                raise ModelUnavailable(
+                    f"no calibration photos in {self.calibration_dir or 'gradio media_assets'} that are not "
+                    "among the guard's photos; static int8 needs real images (--calibration-dir)"
+                )
+            self._calibration = calibration_inputs(self._calibration_photos, self.processor)
+        return self._calibration
+
+    @property
+    def calibrated(self) -> bool:
+        return self._calibration is not None
+
+    def calibration_report(self) -> dict[str, Any]:
+        """What static int8 was calibrated on, for optimized.json: never the guard's photos."""
+        return {
+            "inputs": len(self._calibration or []),
+            "photos": [path.name for path in self._calibration_photos],
+            "from": str(self.calibration_dir or "the photos bundled with gradio"),
+            "held_out_for_the_guard": [path.name for path in self.photos],
+        }
+
+    def _check_fixed_size(self) -> None:
+        portrait = processed_size(self.processor, PROBE_SIZE[::-1])  # image_size came from a landscape image
+        if portrait != self.image_size:  # an exported graph has one input size; PyTorch takes any
             raise ModelUnavailable(
-                f"the image processor keeps the aspect ratio ({image_size[0]}x{image_size[1]} and "
-                f"{portrait[0]}x{portrait[1]} inputs), and an ONNX export has one input size"
+                f"the image processor keeps the aspect ratio ({self.image_size[0]}x{self.image_size[1]} "
+                f"and {portrait[0]}x{portrait[1]} inputs), and an exported graph has one input size"
             )
+
+
+def _candidate(
+    model_dir: Path, reference: Any, sources: Sources, backend: str, precision: str, file: Path | None
+) -> Backend:
+    """The backend to check against the reference: exported (ONNX, OpenVINO) or converted (bf16)."""
+    if backend == "onnxruntime":
         assert file is not None
-        _export_onnx(reference.model, image_size, file, precision)
+        if precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            # Only the matrix multiplies: that is where the time goes in a ViT, and ConvInteger is slow.
+            quantize_dynamic(
+                sources.onnx_fp32(),
+                file,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"],
+            )
+        else:
+            shutil.copyfile(sources.onnx_fp32(), file)
         from space.backends.onnx_runtime import OnnxBackend
 
-        return OnnxBackend(file, precision, threads=available_cpus())
+        return OnnxBackend(file, precision, threads=available_cpus(), workers=available_cpus())
+    if backend == "openvino":
+        assert file is not None
+        from space.bake.openvino_export import convert  # NNCF and OpenVINO's converter load only here
+
+        calibration = sources.calibration() if precision == "int8" else ()
+        convert(sources.onnx_fp32(), file, precision, calibration)
+        from space.backends.openvino_runtime import OpenVinoBackend
+
+        return OpenVinoBackend(file, precision, threads=available_cpus())
     if precision == "bf16":
         from space.backends import pytorch
 
         return pytorch.TorchBf16Backend(pytorch.load_network(model_dir))
     return reference
+
+
+def _file(out_dir: Path, backend: str, precision: str) -> Path | None:
+    """Where the runtime's file goes in the model folder (None for PyTorch, which loads the folder)."""
+    return out_dir / FILES[backend].format(precision=precision) if backend in FILES else None
+
+
+def _remove(file: Path | None) -> None:
+    """A candidate's file, and an OpenVINO model's weights beside it."""
+    if file is not None:
+        file.unlink(missing_ok=True)
+        if file.suffix == ".xml":
+            file.with_suffix(".bin").unlink(missing_ok=True)
+
+
+def _write(
+    out_dir: Path,
+    entry: dict[str, Any],
+    refused: list[str],
+    measured: list[dict[str, Any]],
+    sources: Sources,
+) -> Path:
+    """``optimized.json``: the choice, its guard report, what static int8 was calibrated on (if it was
+    tried), and (when chosen by measurement) every passing candidate's speed and why this one."""
+    manifest = {**entry, "refused": refused, "cpu": cpu_model()}
+    if sources.calibrated:
+        manifest["calibration"] = sources.calibration_report()
+    manifest["cpu_flags"] = sorted(
+        cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16"}
+    )
+    if measured:
+        manifest["measured"] = [
+            {key: item[key] for key in ("backend", "precision", "speed")}
+            | {"min_cosine": item["guard"]["min_cosine"]}
+            for item in measured
+        ]
+        speed = entry["speed"]
+        manifest["why"] = (
+            f"the fastest of {len(measured)} that passed the accuracy guard on this CPU ({manifest['cpu']}): "
+            f"{speed['images_per_s']} images/s under load, {speed['lone_p50_ms']} ms alone"
+        )
+    path = out_dir / OPTIMIZED_MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def _log_speed(entry: dict[str, Any]) -> None:
+    speed = entry["speed"]
+    log.info(
+        "measured",
+        extra={"backend": f"{entry['backend']}-{entry['precision']}", **speed},
+    )
 
 
 def _first_line(error: Exception) -> str:
@@ -155,8 +296,8 @@ def reference(model_dir: Path) -> tuple[Any, Any, tuple[int, int]]:
     return pytorch.TorchBackend(pytorch.load_network(model_dir)), processor, processed_size(processor)
 
 
-def _export_onnx(model: Any, image_size: tuple[int, int], path: Path, precision: str) -> None:
-    """torch.onnx.export (TorchScript exporter: no extra packages), then dynamic int8 if asked."""
+def _export_onnx(model: Any, image_size: tuple[int, int], path: Path) -> None:
+    """torch.onnx.export (TorchScript exporter: no extra packages), fp32, any batch size."""
     from space.backends.pytorch import torch
 
     class Logits(torch.nn.Module):
@@ -167,26 +308,44 @@ def _export_onnx(model: Any, image_size: tuple[int, int], path: Path, precision:
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
             return self.inner(pixel_values=pixel_values).logits
 
+    _whole_map_pools(model, torch)
     example = torch.zeros(1, 3, *image_size)
-    with tempfile.TemporaryDirectory() as scratch:
-        fp32 = Path(scratch) / "model.onnx"
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                Logits(model).eval(),  # a new Module trains by default; export restores that mode
-                (example,),
-                str(fp32),
-                input_names=["pixel_values"],
-                output_names=["logits"],
-                dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        if precision == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            # Only the matrix multiplies: that is where the time goes in a ViT, and ConvInteger is slow.
-            quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-        else:
-            shutil.move(fp32, path)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Logits(model).eval(),  # a new Module trains by default; export restores that mode
+            (example,),
+            str(path),
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     model.eval()
+
+
+def _whole_map_pools(model: Any, torch: Any) -> None:
+    """Average pools whose window is larger than the map they pool (EfficientNet's pooler: a 1280-wide
+    window, ceil mode, on a 7x7 map) become the whole-map mean they compute, in place.
+
+    PyTorch and ONNX Runtime clip such a window to the map, but OpenVINO refuses it when converting;
+    the mean is the same number, so the model's outputs do not change.
+    """
+
+    class WholeMapMean(torch.nn.Module):
+        def __init__(self, pool: Any) -> None:
+            super().__init__()
+            self.pool = pool
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            kernel = self.pool.kernel_size
+            height, width = (kernel, kernel) if isinstance(kernel, int) else kernel
+            if height >= x.shape[-2] and width >= x.shape[-1]:  # fixed at export: the input size is fixed
+                return x.mean(dim=(-2, -1), keepdim=True)
+            return self.pool(x)
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, torch.nn.AvgPool2d) and module.ceil_mode and not module.padding:
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], WholeMapMean(module))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from space.bench.load import (
     measure_bare,
     measure_explain,
     overload_line,
+    page_cell,
     row,
     run_cells,
     run_overload,
@@ -38,6 +40,16 @@ from space.bench.servers import BASELINE, Process
 from space.bench.workload import make_jpeg, make_vit_b16, measure_peak_gflops, vit_gflop
 
 CLIENTS = (1, 4, 16)
+RUNTIMES = (
+    "openvino-int8",
+    "openvino-bf16",
+    "openvino-int8-weights",
+    "openvino-fp32",
+    "onnxruntime-int8",
+    "onnxruntime-fp32",
+    "torch-bf16",
+    "torch-fp32",
+)
 SIZES = {"640x480": (640, 480), "12MP": (4000, 3000)}
 
 
@@ -59,6 +71,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-baseline", action="store_true", help="measure this server only")
     parser.add_argument(
         "--bare", action="store_true", help="first measure the served backend alone, in process (no HTTP)"
+    )
+    parser.add_argument(
+        "--page",
+        action="store_true",
+        help="also drive the page's queue (gradio_client users of Classify) with the most clients",
+    )
+    parser.add_argument("--no-explain", action="store_true", help="skip the explanation measurement")
+    parser.add_argument(
+        "--runtimes",
+        metavar="all|BACKEND-PRECISION,...",
+        help="every runtime side by side: each baked and measured bare and served, one after another "
+        f"(all: {', '.join(RUNTIMES)}); the first also against the baseline",
     )
     parser.add_argument(
         "--overload",
@@ -93,6 +117,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         if model is None:
             print("building ViT-B/16 with random weights ...", file=sys.stderr, flush=True)
             model = make_vit_b16(scratch / "vit-b16")
+        if args.runtimes:
+            return _runtimes_main(args, model, scratch)
         if not (model / "optimized.json").is_file():
             model = _bake_copy(model, scratch / "baked")
         images = {name: make_jpeg(SIZES[name]) for name in sizes}
@@ -123,9 +149,12 @@ def main_from_args(args: argparse.Namespace) -> int:
             info = httpx.get(f"{servers[0].url}/info", timeout=10).json().get("model", {})
             print("measuring " + ", ".join(s.name for s in servers), file=sys.stderr, flush=True)
             cells = run_cells(servers, images, clients, seconds)
-            print("measuring explanations ...", file=sys.stderr, flush=True)
-            explain_image = sizes[0]
-            explained = measure_explain(servers[0].url, images[explain_image], 2 if args.quick else 10)
+            if args.page:
+                cells.append(page_cell(servers[0], sizes[0], images[sizes[0]], max(clients), seconds))
+            explain_image, explained = sizes[0], None
+            if not args.no_explain:
+                print("measuring explanations ...", file=sys.stderr, flush=True)
+                explained = measure_explain(servers[0].url, images[explain_image], 2 if args.quick else 10)
         finally:
             for server in servers:
                 server.stop()
@@ -134,16 +163,14 @@ def main_from_args(args: argparse.Namespace) -> int:
     peaks = "; ".join(f"{k} {v} GFLOP/s = {limits[k]:.1f} images/s" for k, v in limits_gflops.items())
     print(f"hardware limit ({source}): {peaks}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     if bare:
-        print(
-            f"bare backend ({bare['backend']}, in process, no HTTP or decoding): one call at a time p50 "
-            f"{bare['lone_p50_ms']} ms; {bare['workers']} at once {bare['images_per_s']} images/s"
-        )
+        print(bare_line(bare))
     print(report(cells, limits))
-    print(
-        f"explanation (occlusion {explained['grid']}x{explained['grid']}, {explained['forward_passes']} "
-        f"forward passes, {explain_image}, one at a time): p50 {explained['explain_p50_ms']:.0f} ms = "
-        f"{explained['ratio']}x a lone /predict p50 ({explained['predict_p50_ms']:.0f} ms, same run)"
-    )
+    if explained:
+        print(
+            f"explanation (occlusion {explained['grid']}x{explained['grid']}, {explained['forward_passes']} "
+            f"forward passes, {explain_image}, one at a time): p50 {explained['explain_p50_ms']:.0f} ms = "
+            f"{explained['ratio']}x a lone /predict p50 ({explained['predict_p50_ms']:.0f} ms, same run)"
+        )
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -201,13 +228,112 @@ def _overload_main(
     return 0
 
 
+def bare_line(bare: dict[str, object]) -> str:
+    return (
+        f"bare backend ({bare['backend']}, in process, no HTTP or decoding): one call at a time p50 "
+        f"{bare['lone_p50_ms']} ms; batches of {bare['max_batch']}, {bare['workers']} at once "
+        f"{bare['batch_images_per_s']} images/s; single images through the batcher "
+        f"{bare['images_per_s']} images/s"
+    )
+
+
+def _runtimes_main(args: argparse.Namespace, model: Path, scratch: Path) -> int:
+    """``--runtimes``: each runtime baked from the same model, then this command again on that bake
+    (bare, served, the page with ``--page``), in a child process each so that no runtime's threads or
+    memory linger into the next one's figures. Then one table of them all."""
+    names = list(RUNTIMES) if args.runtimes == "all" else [n.strip() for n in args.runtimes.split(",")]
+    source = model
+    if not any(model.glob("*.safetensors")):
+        print("error: --runtimes needs a model with its PyTorch weights", file=sys.stderr)
+        return 2
+    results: list[dict[str, object]] = []
+    for index, name in enumerate(names):
+        backend, _, precision = name.partition("-")
+        target = scratch / f"bake-{name}"
+        print(f"== {name}: baking ...", file=sys.stderr, flush=True)
+        command = bake_command(source, target, scratch)
+        command += ["--optimize", backend, "--precision", precision, "--keep-pytorch-weights"]
+        baked = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if baked.returncode != 0:
+            reason = (baked.stdout.strip().splitlines() or ["failed"])[-1]
+            results.append({"runtime": name, "refused": reason})
+            print(f"   refused: {reason}", file=sys.stderr, flush=True)
+            continue
+        out = scratch / f"bench-{name}.json"
+        child = [sys.executable, "-m", "space", "bench", "--model", str(target), "--bare", "--no-explain"]
+        child += ["--clients", args.clients, "--images", args.images, "--json", str(out)]
+        child += ["--seconds", str(args.seconds or (1.5 if args.quick else 15.0))]
+        child += [f"--env={item}" for item in args.env]
+        child += ["--page"] if args.page else []
+        child += [] if index == 0 and not args.no_baseline else ["--no-baseline"]
+        print(f"== {name}: measuring ...", file=sys.stderr, flush=True)
+        subprocess.run(child, check=True, stdout=sys.stderr)
+        results.append({"runtime": name, **json.loads(out.read_text())})
+    print(f"model: {model.name}; {os.cpu_count()} CPUs; CPU: {_cpu_name()}")
+    print(runtimes_table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"runtimes": results}, indent=2))
+    return 0
+
+
+def runtimes_table(results: list[dict[str, object]]) -> str:
+    """One line per runtime: its bare figures, then each served cell's images/s and p50."""
+    served = sorted({(c["image"], c["clients"], c["server"]) for r in results for c in r.get("cells", [])})
+    served = [key for key in served if key[2] != "baseline"]
+    head = "| runtime | bare alone p50 ms | bare batches img/s | bare via batcher img/s | "
+    head += " | ".join(f"{s.replace('vit-space', 'served')} {i} x{c}: img/s, p50 ms" for i, c, s in served)
+    lines = [head + " |", "|" + "---|" * (4 + len(served))]
+    for result in results:
+        if "refused" in result:
+            lines.append(f"| {result['runtime']} | refused: {result['refused']} |")
+            continue
+        bare = result["bare"]
+        cells = {(c["image"], c["clients"], c["server"]): c for c in result["cells"]}
+        figures = [
+            f"{cells[k]['images_per_s']:.1f}, {cells[k]['p50_ms']:.0f}" if k in cells else "-" for k in served
+        ]
+        lines.append(
+            f"| {result['runtime']} | {bare['lone_p50_ms']} | {bare['batch_images_per_s']} "
+            f"| {bare['images_per_s']} | " + " | ".join(figures) + " |"
+        )
+    baseline = [c for r in results for c in r.get("cells", []) if c["server"] == "baseline"]
+    for cell in baseline:
+        lines.append(
+            f"| naive baseline (transformers pipeline) | | | | {cell['image']} x{cell['clients']}: "
+            f"{cell['images_per_s']:.1f} img/s, p50 {cell['p50_ms']:.0f} ms |"
+        )
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    from space.model.cpu import cpu_model
+
+    return cpu_model()
+
+
 def _bake_copy(model: Path, target: Path) -> Path:
     """``model`` baked into ``target`` by the bake command itself (fastest backend that passes the guard
     on this CPU), keeping the PyTorch weights that the baseline serves."""
     print("baking the optimised model (python -m space bake) ...", file=sys.stderr, flush=True)
-    command = [sys.executable, "-m", "space", "bake", "--model", str(model), "--output", str(target)]
-    subprocess.run([*command, "--optimize", "auto", "--keep-pytorch-weights"], check=True, stdout=sys.stderr)
+    command = [*bake_command(model, target, target.parent), "--optimize", "auto", "--keep-pytorch-weights"]
+    subprocess.run(command, check=True, stdout=sys.stderr)
     return target
+
+
+def bake_command(model: Path, target: Path, scratch: Path) -> list[str]:
+    """The bake command for a benchmark copy: the accuracy guard measures the cosine on two real photos
+    (gradio's cheetah and lion; static int8 calibrates on its other photos), and not top-1, which on
+    random weights (the default ViT-B/16) is a near-tie that any rounding flips."""
+    import gradio
+
+    photos = scratch / "guard-photos"
+    if not photos.is_dir():
+        photos.mkdir(parents=True)
+        for name in ("cheetah.jpg", "lion.jpg"):
+            shutil.copy(Path(gradio.__file__).parent / "media_assets" / "images" / name, photos)
+    command = [sys.executable, "-m", "space", "bake", "--model", str(model), "--output", str(target)]
+    command += ["--examples-from", str(photos), "--examples-dir", str(target) + "-examples"]
+    return [*command, "--min-top1-agreement", "0"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,11 +9,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from space.bench.servers import Process
 
@@ -37,40 +35,77 @@ class Cell:
 
 
 def drive(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], int, float]:
-    """``clients`` threads POSTing ``body`` back to back for ``seconds``: (latencies in s, errors, wall)."""
+    """``clients`` threads POSTing ``body`` to ``/predict`` back to back for ``seconds``: (latencies in
+    s, errors, wall)."""
     import httpx
 
+    def api_client() -> Callable[[], bool]:
+        http = httpx.Client(timeout=120)
+
+        def send() -> bool:
+            try:
+                headers = {"content-type": "image/jpeg"}
+                return http.post(f"{url}/predict", content=body, headers=headers).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        return send
+
+    return _loop(api_client, clients, seconds)
+
+
+def drive_page(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], int, float]:
+    """``clients`` ``gradio_client`` users of the page's Classify event (through Gradio's queue: upload,
+    join, stream), back to back for ``seconds``: what people on the page get."""
+    import tempfile
+
+    from gradio_client import Client, handle_file
+
+    folder = tempfile.mkdtemp(prefix="vit-space-page-")
+    image = Path(folder) / "photo.jpg"
+    image.write_bytes(body)
+
+    def page_client() -> Callable[[], bool]:
+        client = Client(url, verbose=False, download_files=False)
+
+        def send() -> bool:
+            try:
+                client.predict(handle_file(str(image)), 5, api_name="/classify")
+                return True
+            except Exception:
+                return False
+
+        return send
+
+    return _loop(page_client, clients, seconds)
+
+
+def _loop(
+    make_client: Callable[[], Callable[[], bool]], clients: int, seconds: float
+) -> tuple[list[float], int, float]:
+    """``clients`` threads, each with its own client, sending back to back for ``seconds`` after one warm
+    call each (connection set-up and first-call costs): (latencies in s, errors, wall)."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     start = threading.Barrier(clients + 1)
-    stop_at = [0.0]
+    stop_at = [time.perf_counter() + 3600]
 
     def client() -> None:
-        with httpx.Client(timeout=120) as http:
-            start.wait()
-            while time.perf_counter() < stop_at[0]:
-                began = time.perf_counter()
-                try:
-                    ok = (
-                        http.post(
-                            f"{url}/predict", content=body, headers={"content-type": "image/jpeg"}
-                        ).status_code
-                        == 200
-                    )
-                except httpx.HTTPError:
-                    ok = False
-                took = time.perf_counter() - began
-                with lock:
-                    latencies.append(took)
-                    errors[0] += not ok
+        send = make_client()
+        send()
+        start.wait()
+        while time.perf_counter() < stop_at[0]:
+            began = time.perf_counter()
+            ok = send()
+            took = time.perf_counter() - began
+            with lock:
+                latencies.append(took)
+                errors[0] += not ok
 
-    with httpx.Client(timeout=120) as http:  # one warm request: connection set-up and first-call costs
-        http.post(f"{url}/predict", content=body, headers={"content-type": "image/jpeg"})
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for thread in threads:
         thread.start()
-    stop_at[0] = time.perf_counter() + 3600
     start.wait()
     began = time.perf_counter()
     stop_at[0] = began + seconds
@@ -280,22 +315,9 @@ def run_cells(
         for count in clients:
             for server in servers:
                 load = os.getloadavg()[0]
-                latencies, errors, wall = drive(server.url, body, count, seconds)
-                ok = len(latencies) - errors
                 cells.append(
-                    Cell(
-                        server=server.name,
-                        image=image_name,
-                        clients=count,
-                        requests=len(latencies),
-                        errors=errors,
-                        seconds=round(wall, 2),
-                        images_per_s=round(ok / wall, 2),
-                        p50_ms=round(1000 * percentile(latencies, 50), 1),
-                        p95_ms=round(1000 * percentile(latencies, 95), 1),
-                        p99_ms=round(1000 * percentile(latencies, 99), 1),
-                        peak_rss_mb=server.peak_rss_mb(),
-                        load=round(load, 2),
+                    _cell(
+                        server, server.name, image_name, count, drive(server.url, body, count, seconds), load
                     )
                 )
                 print(f"  {row(cells[-1])} load {load:.1f}", file=sys.stderr, flush=True)
@@ -303,12 +325,47 @@ def run_cells(
     return sorted(cells, key=lambda c: order[c.server])  # stable: each server's cells in run order
 
 
-def measure_bare(model: Path, seconds: float) -> dict[str, object]:
-    """The served backend alone, in this process, on one preprocessed image: no HTTP, no decoding.
+def page_cell(server: Process, image_name: str, body: bytes, clients: int, seconds: float) -> Cell:
+    """The page's queue: ``clients`` gradio_client users of the Classify event (server "<name> page")."""
+    load = os.getloadavg()[0]
+    measured = drive_page(server.url, body, clients, seconds)
+    cell = _cell(server, f"{server.name} page", image_name, clients, measured, load)
+    print(f"  {row(cell)} load {load:.1f}", file=sys.stderr, flush=True)
+    return cell
 
-    What no server can beat on this machine; the gap to the served cells is what serving costs. Calls
-    one at a time (a lone request), then as many at once as the server runs (its ``workers``).
+
+def _cell(
+    server: Process,
+    name: str,
+    image_name: str,
+    clients: int,
+    measured: tuple[list[float], int, float],
+    load: float,
+) -> Cell:
+    latencies, errors, wall = measured
+    return Cell(
+        server=name,
+        image=image_name,
+        clients=clients,
+        requests=len(latencies),
+        errors=errors,
+        seconds=round(wall, 2),
+        images_per_s=round((len(latencies) - errors) / wall, 2),
+        p50_ms=round(1000 * percentile(latencies, 50), 1),
+        p95_ms=round(1000 * percentile(latencies, 95), 1),
+        p99_ms=round(1000 * percentile(latencies, 99), 1),
+        peak_rss_mb=server.peak_rss_mb(),
+        load=round(load, 2),
+    )
+
+
+def measure_bare(model: Path, seconds: float) -> dict[str, object]:
+    """The served backend alone, in this process, on one preprocessed image: no HTTP, no decoding; the
+    figures the bake step measures (:func:`space.bake.speed.measure_speed`), with the serving plan.
+
+    What no server can beat on this machine; the gap to the served cells is what serving costs.
     """
+    from space.bake.speed import measure_speed
     from space.serving.pipeline import Runtime
     from space.settings import Settings
 
@@ -316,36 +373,15 @@ def measure_bare(model: Path, seconds: float) -> dict[str, object]:
     runtime.load()
     assert runtime.batcher is not None
     runtime.batcher.close()  # only the backend is measured; its worker threads would outlive this
-    backend = runtime.classifier.backend
-    workers = runtime.plan["workers"]
-    pixels = np.zeros((1, 3, *runtime.classifier.info.image_size), dtype=np.float32)
-    lone: list[float] = []
-    stop = time.perf_counter() + seconds
-    while time.perf_counter() < stop or len(lone) < 5:
-        started = time.perf_counter()
-        backend.logits(pixels)
-        lone.append(time.perf_counter() - started)
-        time.sleep(0.01)  # a lone client's gap between requests: idle threads go back to sleep
-    counts = [0] * workers
-    stop = time.perf_counter() + seconds
-
-    def call(i: int) -> None:
-        while time.perf_counter() < stop:
-            backend.logits(pixels)
-            counts[i] += 1
-
-    callers = [threading.Thread(target=call, args=(i,)) for i in range(workers)]
-    started = time.perf_counter()
-    for thread in callers:
-        thread.start()
-    for thread in callers:
-        thread.join()
-    return {
-        "backend": runtime.classifier.info.backend,
-        "lone_p50_ms": round(1000 * percentile(lone, 50), 1),
-        "workers": workers,
-        "images_per_s": round(sum(counts) / (time.perf_counter() - started), 2),
-    }
+    plan = runtime.plan
+    speed = measure_speed(
+        runtime.classifier.backend,
+        runtime.classifier.info.image_size,
+        plan["workers"],
+        plan["max_batch"],
+        seconds,
+    )
+    return {"backend": runtime.classifier.info.backend, **speed}
 
 
 HEADER = (

@@ -46,18 +46,33 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
-def candidates(flags: set[str] | None = None) -> list[tuple[str, str]]:
-    """(backend, precision) pairs, fastest first on this CPU; the bake step keeps the first that passes.
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (e.g. "Intel(R) Xeon(R) Processor"), "unknown" if unreadable."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
-    int8 matrix multiplies need VNNI (or AMX) to be fast; bf16 needs AVX512-BF16 (or AMX). Without them
-    ONNX Runtime fp32 is still about twice as fast as PyTorch fp32.
+
+def candidates(flags: set[str] | None = None) -> list[tuple[str, str]]:
+    """The (backend, precision) pairs ``bake --optimize auto`` measures; it keeps the fastest that passes
+    the accuracy guard (this order only breaks ties).
+
+    Only the runtimes the serving image carries (OpenVINO, ONNX Runtime; PyTorch must be asked for).
+    bf16 only where the CPU computes in it (AVX512-BF16 or AMX): elsewhere it would be fp32 again. Every
+    pair runs on any x86-64 CPU, and the fp32 ones, last, always pass the guard: the safe fallback.
     """
     flags = cpu_flags() if flags is None else flags
-    order: list[tuple[str, str]] = []
-    if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
-        order.append(("onnxruntime", "int8"))
+    order = [("openvino", "int8")]
     if flags & {"avx512_bf16", "amx_bf16"}:
-        order.append(("torch", "bf16"))
-    order.append(("onnxruntime", "fp32"))
-    order.append(("torch", "fp32"))
+        order.append(("openvino", "bf16"))
+    order += [
+        ("openvino", "int8-weights"),
+        ("onnxruntime", "int8"),
+        ("openvino", "fp32"),
+        ("onnxruntime", "fp32"),
+    ]
     return order

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 BAKE_MANIFEST = "vit-space-manifest.json"  # written by the bake step: files, sha256, commit, examples
 OPTIMIZED_MANIFEST = "optimized.json"  # written by the bake step's export: backend, file, guard report
+OPENVINO_PREFIX = "openvino-"  # an OpenVINO model: openvino-<precision>.xml and its weights, .bin
 PYTORCH_WEIGHTS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
 
 
@@ -67,6 +68,12 @@ def read_optimized(model_dir: Path) -> dict[str, Any] | None:
     return read_json(Path(model_dir) / OPTIMIZED_MANIFEST)
 
 
+def pytorch_weight_files(model_dir: Path) -> list[Path]:
+    """The folder's PyTorch weight files; an OpenVINO model's ``openvino-*.bin`` is not one of them."""
+    found = {path for pattern in PYTORCH_WEIGHTS for path in Path(model_dir).glob(pattern)}
+    return sorted(path for path in found if not path.name.startswith(OPENVINO_PREFIX))
+
+
 def has_pytorch_weights(model_dir: Path) -> bool:
     """Whether the folder holds PyTorch weights (a lean bake for another runtime does not)."""
-    return any(any(Path(model_dir).glob(pattern)) for pattern in PYTORCH_WEIGHTS)
+    return bool(pytorch_weight_files(model_dir))

@@ -75,17 +75,15 @@ class Runtime:
         """Load and warm the model; afterwards the runtime is ready. Raises ``ModelUnavailable``."""
         settings = self.settings
         path, commit, choice = self.resolve()
-        # CPUs from the cgroup quota and affinity. PyTorch runs one call at a time with all of them (its
-        # OpenMP threads spin, and collapse when oversubscribed). ONNX Runtime runs one call per CPU at
-        # once: a lone call gets every core, overlapping calls one core each (see OnnxBackend).
+        # CPUs from the cgroup quota and affinity; how many calls at once and how big: see default_workers.
         total = available_cpus()
         threads = settings.threads or total
-        workers = settings.workers or (total if choice.backend == "onnxruntime" else 1)
+        workers = settings.workers or default_workers(choice.backend, total)
         model = load_resolved(settings.model, path, commit, choice, threads, workers)
         # Batch only where it helps the backend (its ``max_batch``), unless SPACE_MAX_BATCH_SIZE is set.
         batch = settings.max_batch_size
         if "max_batch_size" not in settings.model_fields_set:
-            batch = min(batch, getattr(model.backend, "max_batch", batch))
+            batch = default_batch(model.backend, batch)
         self.batcher = Batcher(
             metrics.counted(model.backend.logits),  # batch sizes and images, for /metrics
             batch,
@@ -149,6 +147,18 @@ class Runtime:
         with metrics.QUEUE_DEPTH.track_inprogress():
             row = self.batcher.submit(pixels)
         return model.top_k(row, k, function_to_apply)
+
+
+def default_workers(backend: str, cpus: int) -> int:
+    """Inference calls at once: ONNX Runtime one per CPU (a lone call still gets every core, see
+    OnnxBackend); OpenVINO and PyTorch one call of every core, with concurrent requests batched."""
+    return cpus if backend == "onnxruntime" else 1
+
+
+def default_batch(backend: object, limit: int) -> int:
+    """The most images per call: the backend's own ``max_batch`` (where batching was measured to help),
+    within ``limit``."""
+    return min(limit, getattr(backend, "max_batch", limit))
 
 
 def draft_size(processor: object) -> tuple[int, int]:

@@ -88,8 +88,11 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         return app
     examples_dir = settings.examples_dir.resolve()
     # Gradio's queue is bounded too, so UI users cannot starve the API (they share the admission slots).
+    # As many page events run at once as the API admits: they meet in the same batcher, so the page gets
+    # the API's throughput (with Gradio's default of one at a time, each batch would hold one image).
     blocks = build_ui(runtime, admission, explainer).queue(
-        max_size=settings.ui_queue_size, default_concurrency_limit=settings.ui_concurrency
+        max_size=settings.ui_queue_size,
+        default_concurrency_limit=settings.ui_concurrency or settings.max_in_flight,
     )
     blocks.delete_cache = (UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)  # UI uploads leave GRADIO_TEMP_DIR soon
     app = gr.mount_gradio_app(
