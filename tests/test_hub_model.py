@@ -1,7 +1,7 @@
 """The real google/vit-base-patch16-224, baked at the Dockerfile's pinned revision, on the committed photos.
 
 The Hub is unreachable on the development machines and in .ci/run, so this runs where a bake of it
-exists: the GitHub workflow's ``hub-model`` job bakes it (ONNX Runtime int8, as the image serves it) and
+exists: the GitHub workflow's ``hub-model`` job bakes it (``--optimize auto``, as the image does) and
 names the folder in ``HUB_MODEL_DIR``. Elsewhere it is reported as skipped, with that reason.
 """
 

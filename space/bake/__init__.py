@@ -70,6 +70,7 @@ def optimize_model(
     photos: Sequence[Path],
     calibration_dir: Path | None = None,
     min_top1: float = 1.0,
+    measure_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Export and accuracy-check the serving backend in ``model_dir`` (writes ``optimized.json``); with
     ``auto``, the fastest that passes the guard on this CPU. ``photos`` are the guard's; static int8
@@ -85,6 +86,7 @@ def optimize_model(
             photos=photos,
             calibration_dir=calibration_dir,
             min_top1=min_top1,
+            **({"measure_seconds": measure_seconds} if measure_seconds else {}),
         )
     except Exception as exc:
         raise BakeError(f"optimising ({backend}, {precision}) failed: {type(exc).__name__}: {exc}") from None
@@ -149,6 +151,7 @@ def bake(
     keep_pytorch_weights: bool = False,
     calibration_dir: Path | None = None,
     min_top1: float = 1.0,
+    measure_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Fetch, verify and describe a model in ``output``; returns the manifest it wrote.
 
@@ -181,7 +184,9 @@ def bake(
             _log(f"{len(examples)} example image(s) in {examples_dir}")
         if optimize != "none":
             photos = [examples_dir / e.file for e in examples] if examples_dir else []
-            choice = optimize_model(output, optimize, precision, photos, calibration_dir, min_top1)
+            choice = optimize_model(
+                output, optimize, precision, photos, calibration_dir, min_top1, measure_seconds
+            )
             if not keep_pytorch_weights:
                 make_lean(output, choice)
         num_labels, results = prove(output, examples_dir, examples)  # what will serve, as it will serve
@@ -239,6 +244,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "bytes as an example photo is left out, since the accuracy guard evaluates on those",
     )
     parser.add_argument(
+        "--measure-seconds",
+        type=float,
+        default=None,
+        help="with auto: seconds per speed figure and candidate (default 2; three figures each)",
+    )
+    parser.add_argument(
         "--min-top1-agreement",
         type=float,
         default=1.0,
@@ -268,6 +279,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             keep_pytorch_weights=getattr(args, "keep_pytorch_weights", False),
             calibration_dir=getattr(args, "calibration_dir", None),
             min_top1=getattr(args, "min_top1_agreement", 1.0),
+            measure_seconds=getattr(args, "measure_seconds", None),
         )
     except BakeError as exc:
         raise SystemExit(f"bake: error: {exc}") from None

@@ -120,7 +120,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         if args.runtimes:
             return _runtimes_main(args, model, scratch)
         if not (model / "optimized.json").is_file():
-            model = _bake_copy(model, scratch / "baked")
+            model = _bake_copy(model, scratch / "baked", args.quick)
         images = {name: make_jpeg(SIZES[name]) for name in sizes}
         if args.overload:  # this server alone, no baseline, no hardware limits
             return _overload_main(args, model, images, server_env(model, scratch, args.env), scratch)
@@ -247,7 +247,8 @@ def _runtimes_main(args: argparse.Namespace, model: Path, scratch: Path) -> int:
         print("error: --runtimes needs a model with its PyTorch weights", file=sys.stderr)
         return 2
     results: list[dict[str, object]] = []
-    for index, name in enumerate(names):
+    baseline = not args.no_baseline  # measured once, beside the first runtime that bakes
+    for name in names:
         backend, _, precision = name.partition("-")
         target = scratch / f"bake-{name}"
         print(f"== {name}: baking ...", file=sys.stderr, flush=True)
@@ -265,7 +266,8 @@ def _runtimes_main(args: argparse.Namespace, model: Path, scratch: Path) -> int:
         child += ["--seconds", str(args.seconds or (1.5 if args.quick else 15.0))]
         child += [f"--env={item}" for item in args.env]
         child += ["--page"] if args.page else []
-        child += [] if index == 0 and not args.no_baseline else ["--no-baseline"]
+        child += [] if baseline else ["--no-baseline"]
+        baseline = False
         print(f"== {name}: measuring ...", file=sys.stderr, flush=True)
         subprocess.run(child, check=True, stdout=sys.stderr)
         results.append({"runtime": name, **json.loads(out.read_text())})
@@ -278,8 +280,8 @@ def _runtimes_main(args: argparse.Namespace, model: Path, scratch: Path) -> int:
 
 def runtimes_table(results: list[dict[str, object]]) -> str:
     """One line per runtime: its bare figures, then each served cell's images/s and p50."""
-    served = sorted({(c["image"], c["clients"], c["server"]) for r in results for c in r.get("cells", [])})
-    served = [key for key in served if key[2] != "baseline"]
+    cells = [c for r in results for c in r.get("cells", []) if c["server"] != "baseline"]
+    served = list(dict.fromkeys((c["image"], c["clients"], c["server"]) for c in cells))  # in run order
     head = "| runtime | bare alone p50 ms | bare batches img/s | bare via batcher img/s | "
     head += " | ".join(f"{s.replace('vit-space', 'served')} {i} x{c}: img/s, p50 ms" for i, c, s in served)
     lines = [head + " |", "|" + "---|" * (4 + len(served))]
@@ -311,11 +313,12 @@ def _cpu_name() -> str:
     return cpu_model()
 
 
-def _bake_copy(model: Path, target: Path) -> Path:
+def _bake_copy(model: Path, target: Path, quick: bool = False) -> Path:
     """``model`` baked into ``target`` by the bake command itself (fastest backend that passes the guard
     on this CPU), keeping the PyTorch weights that the baseline serves."""
     print("baking the optimised model (python -m space bake) ...", file=sys.stderr, flush=True)
     command = [*bake_command(model, target, target.parent), "--optimize", "auto", "--keep-pytorch-weights"]
+    command += ["--measure-seconds", "0.3"] if quick else []
     subprocess.run(command, check=True, stdout=sys.stderr)
     return target
 

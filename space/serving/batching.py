@@ -1,10 +1,10 @@
 """Request batching across users: concurrent requests share one backend call.
 
-Why: some backends (ONNX Runtime, PyTorch bf16) do more images per second per call with a batch than
-one image at a time. A request waits at most ``max_wait_ms`` for company, and only when another request
-could still join (a lone request on an idle server waits for nothing), so batching never slows a lone
-request by more than that bound. ``workers`` threads take batches from one queue; with a thread-safe
-backend (ONNX Runtime) they run at the same time.
+Why: some backends (OpenVINO, PyTorch bf16) do more images per second per call with a batch than one
+image at a time. A request waits at most ``max_wait_ms`` for company, and only when another request
+could still join: one already queued, one still being decoded (``coming``), or another worker busy. A
+lone request on an idle server waits for nothing, so batching never slows it. ``workers`` threads take
+batches from one queue; with a thread-safe backend (ONNX Runtime) they run at the same time.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class Batcher:
         self.max_wait = max(0.0, max_wait_ms) / 1000
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._idle = workers  # workers not running a batch: a lone request needs no waiting if one is free
+        self._coming = 0  # requests being decoded that will submit soon (see ``coming``)
         self._lock = threading.Lock()
         self.batches = 0  # counters for tests (/metrics counts batches in space.metrics.counted)
         self.items = 0
@@ -46,6 +48,19 @@ class Batcher:
         ]
         for thread in self._threads:
             thread.start()
+
+    @contextmanager
+    def coming(self) -> Iterator[None]:
+        """Around a request's decoding: while it lasts, a batch being gathered waits (within the bound)
+        for this request too. Measured with OpenVINO under 16 clients: without it, batches closed at 2
+        images while 6 more were still being decoded, and small batches cost up to 30% more per image."""
+        with self._lock:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._coming -= 1
 
     def submit(self, pixels: np.ndarray) -> np.ndarray:
         """The backend's output row for one input (C, H, W); blocks until its batch has run."""
@@ -90,8 +105,8 @@ class Batcher:
     def _gather(self) -> list[object]:
         """More requests for this batch: those already queued, then those arriving within the wait bound.
 
-        It waits only if other requests are in flight (some worker is busy), since only then can company
-        be expected soon; an idle server answers a lone request at once.
+        It waits only if company can be expected soon: a request already gathered, one being decoded, or
+        another worker busy; an idle server answers a lone request at once.
         """
         items: list[object] = []
         deadline = time.monotonic() + self.max_wait
@@ -102,9 +117,9 @@ class Batcher:
             except queue.Empty:
                 pass
             with self._lock:
-                others_busy = self._idle < len(self._threads) - 1
+                expected = self._coming > 0 or self._idle < len(self._threads) - 1
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not (others_busy or items):
+            if remaining <= 0 or not (expected or items):
                 break
             try:
                 items.append(self._queue.get(timeout=remaining))

@@ -141,9 +141,9 @@ class Runtime:
         share backend calls."""
         model = self.classifier
         k = self.resolve_top_k(top_k)
-        with self._decoding:
-            pixels = model.preprocess([read()])[0]
         assert self.batcher is not None
+        with self.batcher.coming(), self._decoding:  # a batch being gathered may wait for this one
+            pixels = model.preprocess([read()])[0]
         with metrics.QUEUE_DEPTH.track_inprogress():
             row = self.batcher.submit(pixels)
         return model.top_k(row, k, function_to_apply)

@@ -47,8 +47,10 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         if on_load_failure:
             on_load_failure(message)
 
-    # Enough admission threads to fill a batch (they mostly wait on the batcher, not the GIL).
-    workers = max(DEFAULT_WORKERS, settings.max_batch_size)
+    # Enough admission threads to fill a batch and decode the next one while it runs (they mostly wait
+    # on the batcher, not the GIL). With one batch's worth, the model idled while the next batch was
+    # decoded, and ran batches of one or two: OpenVINO bf16, 16 clients, 21.8 images/s against 26 here.
+    workers = max(DEFAULT_WORKERS, 2 * settings.max_batch_size)
     admission = Admission(
         settings.max_in_flight,
         settings.request_timeout_s,
