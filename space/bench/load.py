@@ -64,6 +64,7 @@ def drive_page(url: str, body: bytes, clients: int, seconds: float) -> tuple[lis
     folder = tempfile.mkdtemp(prefix="vit-space-page-")
     image = Path(folder) / "photo.jpg"
     image.write_bytes(body)
+
     # gradio_client opens a new httpx client for each upload and each call, and each one loads the CA
     # bundle into a TLS context, even for http://: measured, 80% of the load generator's CPU, taken from
     # the server on one machine. The benchmark talks plain HTTP on loopback, so nothing is verified.
