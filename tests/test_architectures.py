@@ -400,6 +400,11 @@ def test_every_bake_serves_within_its_bound_or_is_refused_at_bake_time(
     photo: Path,
 ) -> None:
     baked = bake_once(name, backend, precision)
+    if baked.folder is None and baked.error and "crashed running the model (SIG" in baked.error:
+        # A runtime that crashes on this model (OpenVINO 2026.4 on static-int8 MobileNetV2) is refused
+        # by the bake, which ran it in a child process: the bake itself survives and says so.
+        assert precision != "fp32" and f"{backend} {precision} cannot serve" in baked.error, baked.error
+        return
     if baked.folder is None:  # refused: only for drifting beyond the guard's bound, and saying by how much
         assert precision != "fp32" and baked.error is not None, baked.error
         found = re.search(

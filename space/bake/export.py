@@ -24,17 +24,17 @@ import numpy as np
 from space.backends import Backend
 from space.backends.choice import FILES, check_choice
 from space.bake.calibration import calibration_inputs, calibration_photos
-from space.bake.guard import MIN_COSINE, MIN_TOP1_AGREEMENT, AccuracyError, check_accuracy
+from space.bake.guard import MIN_COSINE, MIN_TOP1_AGREEMENT, AccuracyError, evaluation_inputs, judge, rows
+from space.bake.probe import MAX_BATCH, probe
 from space.bake.speed import measure_speed
 from space.errors import ModelUnavailable
-from space.model.cpu import available_cpus, candidates, cpu_flags, cpu_model
+from space.model.cpu import candidates, cpu_flags, cpu_model
 from space.model.folder import OPTIMIZED_MANIFEST
 from space.serving.classifier import PROBE_SIZE, processed_size
-from space.serving.pipeline import default_batch, default_workers
+from space.serving.pipeline import default_batch
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 8  # the serving default (SPACE_MAX_BATCH_SIZE), within which a backend's own max_batch applies
 MEASURE_SECONDS = 2.0  # per figure and candidate: three figures, so about 6 s each on top of the export
 
 
@@ -69,6 +69,9 @@ def export_optimized(
     measure = len(choices) > 1
     ref, processor, image_size = reference(model_dir)
     sources = Sources(ref.model, processor, image_size, photos, calibration_dir)
+    inputs = evaluation_inputs(processor, image_size, photos)
+    expected = rows(ref, inputs)
+    names = [p.name for p in photos]
     architecture = type(ref.model).__name__
     refused: list[str] = []
     unservable: list[str] = []  # choices that could not even be built or run, not merely inaccurate
@@ -79,8 +82,10 @@ def export_optimized(
             started = time.perf_counter()
             file = _file(out_dir, choice_backend, choice_precision)
             try:
-                candidate = _candidate(model_dir, ref, sources, choice_backend, choice_precision, file)
-                report = check_accuracy(ref, candidate, processor, image_size, photos, min_cosine, min_top1)
+                got, speed = _run_candidate(
+                    model_dir, out_dir, ref, sources, choice_backend, choice_precision, file, inputs,
+                    measure_seconds if measure else None,
+                )  # fmt: skip
             except Exception as error:  # an architecture this backend cannot export or run: refused here
                 _remove(file)
                 why = f"{choice_backend} {choice_precision} cannot serve {architecture}: {_first_line(error)}"
@@ -88,6 +93,8 @@ def export_optimized(
                 refused.append(why)
                 unservable.append(why)
                 continue
+            name = f"{choice_backend}-{choice_precision}"
+            report = judge(expected, got, name, names, min_cosine, min_top1)
             seconds = round(time.perf_counter() - started, 1)
             log.info("accuracy guard", extra={"report": report.as_dict(), "seconds": seconds})
             if not report.passed:
@@ -106,13 +113,9 @@ def export_optimized(
             }
             if not measure:
                 return _write(out_dir, entry, refused, [], sources)
-            workers = default_workers(choice_backend, available_cpus())
-            entry["speed"] = measure_speed(
-                candidate, image_size, workers, default_batch(candidate, MAX_BATCH), measure_seconds
-            )
+            entry["speed"] = speed
             _log_speed(entry)
             passed.append(entry)
-            del candidate  # its memory, before the next candidate is built
     if passed:
         best = max(passed, key=lambda entry: entry["speed"]["images_per_s"])
         for entry in passed:
@@ -190,12 +193,38 @@ class Sources:
             )
 
 
-def _candidate(
-    model_dir: Path, reference: Any, sources: Sources, backend: str, precision: str, file: Path | None
-) -> Backend:
-    """The backend to check against the reference: exported (ONNX, OpenVINO) or converted (bf16)."""
+def _run_candidate(
+    model_dir: Path,
+    out_dir: Path,
+    reference: Any,  # the fp32 TorchBackend
+    sources: Sources,
+    backend: str,
+    precision: str,
+    file: Path | None,
+    inputs: np.ndarray,
+    measure_seconds: float | None,
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The candidate's logits on the guard's inputs, and its speed if asked. An exported candidate
+    (ONNX Runtime, OpenVINO) is written here and run in a child process (:mod:`space.bake.probe`);
+    PyTorch bf16 runs in this process."""
+    if file is not None:
+        _export(sources, backend, precision, file)
+        return probe(out_dir, backend, precision, inputs, measure_seconds)
+    candidate: Backend = reference
+    if precision == "bf16":
+        from space.backends import pytorch
+
+        candidate = pytorch.TorchBf16Backend(pytorch.load_network(model_dir))
+    speed = None
+    if measure_seconds:
+        batch = default_batch(candidate, MAX_BATCH)
+        speed = measure_speed(candidate, sources.image_size, 1, batch, measure_seconds)
+    return rows(candidate, inputs), speed
+
+
+def _export(sources: Sources, backend: str, precision: str, file: Path) -> None:
+    """Write the runtime's file for ``precision``, from the fp32 ONNX export."""
     if backend == "onnxruntime":
-        assert file is not None
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -208,23 +237,11 @@ def _candidate(
             )
         else:
             shutil.copyfile(sources.onnx_fp32(), file)
-        from space.backends.onnx_runtime import OnnxBackend
+        return
+    from space.bake.openvino_export import convert  # NNCF and OpenVINO's converter load only here
 
-        return OnnxBackend(file, precision, threads=available_cpus(), workers=available_cpus())
-    if backend == "openvino":
-        assert file is not None
-        from space.bake.openvino_export import convert  # NNCF and OpenVINO's converter load only here
-
-        calibration = sources.calibration() if precision == "int8" else ()
-        convert(sources.onnx_fp32(), file, precision, calibration)
-        from space.backends.openvino_runtime import OpenVinoBackend
-
-        return OpenVinoBackend(file, precision, threads=available_cpus())
-    if precision == "bf16":
-        from space.backends import pytorch
-
-        return pytorch.TorchBf16Backend(pytorch.load_network(model_dir))
-    return reference
+    calibration = sources.calibration() if precision == "int8" else ()
+    convert(sources.onnx_fp32(), file, precision, calibration)
 
 
 def _file(out_dir: Path, backend: str, precision: str) -> Path | None:

@@ -65,35 +65,53 @@ def check_accuracy(
     min_cosine: float = MIN_COSINE,
     min_top1: float = MIN_TOP1_AGREEMENT,
 ) -> GuardReport:
-    """Compare ``candidate`` with the fp32 ``reference`` backend on the fixed inputs and the photos."""
+    """Compare ``candidate`` with the fp32 ``reference`` backend, both in this process (the bake runs
+    exported candidates in a child process instead, :mod:`space.bake.probe`, and calls :func:`judge`)."""
+    inputs = evaluation_inputs(processor, image_size, photos)
+    names = [p.name for p in photos]
+    return judge(
+        rows(reference, inputs), rows(candidate, inputs), candidate.name, names, min_cosine, min_top1
+    )
+
+
+def evaluation_inputs(processor: Any, image_size: tuple[int, int], photos: Sequence[Path]) -> np.ndarray:
+    """What the guard runs both models on: the photos, preprocessed; without photos, the noise inputs."""
     from PIL import Image
 
-    names = [p.name for p in photos]
-    if photos:
-        images = []
-        for path in photos:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        pixels = processor(images=images, return_tensors="np")["pixel_values"]
-        inputs = np.ascontiguousarray(pixels, dtype=np.float32)
-    else:
-        inputs = guard_inputs(image_size)
-    all_ref, all_got = _rows(reference, inputs), _rows(candidate, inputs)
-    cosine = (all_ref * all_got).sum(1) / (
-        np.linalg.norm(all_ref, axis=1) * np.linalg.norm(all_got, axis=1) + 1e-12
+    if not photos:
+        return guard_inputs(image_size)
+    images = []
+    for path in photos:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    pixels = processor(images=images, return_tensors="np")["pixel_values"]
+    return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+def judge(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    backend: str,
+    photos: Sequence[str] = (),
+    min_cosine: float = MIN_COSINE,
+    min_top1: float = MIN_TOP1_AGREEMENT,
+) -> GuardReport:
+    """The report for two models' logits on the evaluation inputs (``photos``: their names, if photos)."""
+    cosine = (reference * candidate).sum(1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12
     )
     agreement, disagreements = None, []
     if photos:
-        same = all_ref.argmax(1) == all_got.argmax(1)
+        same = reference.argmax(1) == candidate.argmax(1)
         agreement = float(same.mean())
-        disagreements = [name for name, ok in zip(names, same, strict=True) if not ok]
+        disagreements = [name for name, ok in zip(photos, same, strict=True) if not ok]
     passed = bool(cosine.min() >= min_cosine and (agreement is None or agreement >= min_top1))
     return GuardReport(
-        backend=candidate.name,
+        backend=backend,
         min_cosine=round(float(cosine.min()), 6),
         mean_cosine=round(float(cosine.mean()), 6),
-        inputs=len(all_ref),
-        photos=len(names),
+        inputs=len(reference),
+        photos=len(photos),
         top1_agreement=agreement,
         disagreements=disagreements,
         bound_cosine=min_cosine,
@@ -102,7 +120,7 @@ def check_accuracy(
     )
 
 
-def _rows(backend: Backend, batch: np.ndarray) -> np.ndarray:
+def rows(backend: Backend, batch: np.ndarray) -> np.ndarray:
     """One image at a time: the serving path runs batch sizes from 1 up, and this keeps memory flat."""
     return np.concatenate(
         [np.asarray(backend.logits(batch[i : i + 1]), dtype=np.float64) for i in range(len(batch))]
