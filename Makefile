@@ -14,7 +14,8 @@ DEFAULT_MODEL := google/vit-base-patch16-224
 DEFAULT_REVISION := 3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3
 REVISION ?= $(or $(SPACE_MODEL_REVISION),$(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_REVISION)))
 BAKED := models/$(notdir $(patsubst %/,%,$(MODEL)))
-# Also bake the fastest backend that passes the accuracy guard on this CPU (none: plain PyTorch).
+# Also bake the fastest runtime that passes the accuracy guard on this CPU, measured (none: plain PyTorch).
+# The examples (alligator, laptop) are the guard's photos; static int8 calibrates on others.
 OPTIMIZE ?= auto
 
 .PHONY: install run test lint test-deps container-test clean
@@ -35,7 +36,7 @@ run: install
 	fi; \
 	if [ ! -f "$(BAKED)/vit-space-manifest.json" ]; then \
 	  $(PY) -m space bake --model "$(MODEL)" $(if $(REVISION),--revision "$(REVISION)") --output "$(BAKED)" \
-	    --examples-dir examples --optimize "$(OPTIMIZE)" || exit 1; \
+	    --examples-manifest examples/manifest.json --examples-dir examples --optimize "$(OPTIMIZE)" || exit 1; \
 	fi; \
 	exec env SPACE_MODEL="$(BAKED)" $(PY) -m space serve
 

@@ -266,6 +266,10 @@ def _write(
 ) -> Path:
     """``optimized.json``: the choice, its guard report, what static int8 was calibrated on (if it was
     tried), and (when chosen by measurement) every passing candidate's speed and why this one."""
+    chosen = {entry["file"], Path(entry["file"]).with_suffix(".bin").name} if entry["file"] else set()
+    for stale in [*out_dir.glob("model-*.onnx"), *out_dir.glob("openvino-*.xml")]:
+        if stale.name not in chosen:  # an earlier export's file: the folder holds only what is served
+            _remove(stale)
     manifest = {**entry, "refused": refused, "cpu": cpu_model()}
     if sources.calibrated:
         manifest["calibration"] = sources.calibration_report()
