@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from space.settings import Settings
+
 
 class ProbeFailed(RuntimeError):
     """The candidate's process failed or crashed while loading or running the model."""
@@ -70,7 +72,8 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-MAX_BATCH = 8  # the serving default (SPACE_MAX_BATCH_SIZE), within which a backend's own max_batch applies
+# The serving default (SPACE_MAX_BATCH_SIZE), within which a backend's own max_batch applies.
+MAX_BATCH: int = Settings.model_fields["max_batch_size"].default
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
