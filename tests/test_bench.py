@@ -84,6 +84,22 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
     assert len(data["cells"]) == 13 and data["info"]["backend"] == served[1]
     assert f"{chosen['backend']}-{chosen['precision']}" == served[1] and chosen["why"], chosen
     assert data["bare"]["workers"] == int(bare[4]) and data["bare"]["lone_p50_ms"] == float(bare[2])
+    # The issue's targets as ratios within the run, from the same figures as the table.
+    ratios = re.search(
+        rf"^{re.escape(served[1])}: 640x480 x16: ([\d.]+) img/s = (\d+)% of its best bare \(([\d.]+)\); "
+        r"([\d.]+)x the baseline; x1 p50 (\d+) ms = bare alone \+ (-?\d+) ms; "
+        r"12MP x1 p50 = 640x480's \+ (-?\d+) ms; page x16 = (\d+)% of the API$",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert ratios, result.stdout
+    cell = {(c["server"], c["image"], c["clients"]): c for c in data["cells"]}
+    api, base = cell["vit-space", "640x480", 16], cell["baseline", "640x480", 16]
+    best = max(data["bare"]["batch_images_per_s"], data["bare"]["images_per_s"])
+    assert float(ratios[3]) == best and int(ratios[2]) == round(100 * api["images_per_s"] / best)
+    assert float(ratios[4]) == round(api["images_per_s"] / base["images_per_s"], 1)
+    page = cell["vit-space page", "640x480", 16]["images_per_s"]
+    assert int(ratios[8]) == round(100 * page / api["images_per_s"])
     for cell in data["cells"]:
         assert cell["errors"] == 0 and cell["requests"] > 0 and cell["images_per_s"] > 0, cell
         assert cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"], cell

@@ -165,6 +165,9 @@ def main_from_args(args: argparse.Namespace) -> int:
     if bare:
         print(bare_line(bare))
     print(report(cells, limits))
+    if bare:
+        run = {"runtime": bare["backend"], "bare": bare, "cells": [asdict(c) for c in cells]}
+        print(serving_ratios([run]))
     if explained:
         print(
             f"explanation (occlusion {explained['grid']}x{explained['grid']}, {explained['forward_passes']} "
@@ -273,6 +276,7 @@ def _runtimes_main(args: argparse.Namespace, model: Path, scratch: Path) -> int:
         results.append({"runtime": name, **json.loads(out.read_text())})
     print(f"model: {model.name}; {os.cpu_count()} CPUs; CPU: {_cpu_name()}")
     print(runtimes_table(results))
+    print(serving_ratios(results))
     if args.json:
         args.json.write_text(json.dumps({"runtimes": results}, indent=2))
     return 0
@@ -304,6 +308,40 @@ def runtimes_table(results: list[dict[str, object]]) -> str:
             f"| naive baseline (transformers pipeline) | | | | {cell['image']} x{cell['clients']}: "
             f"{cell['images_per_s']:.1f} img/s, p50 {cell['p50_ms']:.0f} ms |"
         )
+    return "\n".join(lines)
+
+
+def serving_ratios(results: list[dict[str, object]]) -> str:
+    """Per runtime, how close serving comes to the runtime itself, as ratios within the run: the most
+    clients against its best bare figure and the baseline, a lone request against the bare call, the
+    other image sizes against the first, and the page against the API."""
+
+    def by_cell(cells: list[dict], server: str) -> dict[tuple[str, int], dict]:
+        return {(c["image"], c["clients"]): c for c in cells if c["server"] == server}
+
+    baseline = by_cell([c for r in results for c in r.get("cells", [])], "baseline")
+    lines = []
+    for result in results:
+        if "refused" in result:
+            continue
+        bare = result["bare"]
+        api, page = by_cell(result["cells"], "vit-space"), by_cell(result["cells"], "vit-space page")
+        image = next(iter(api))[0]
+        counts = [c for i, c in api if i == image]
+        most, one = max(counts), min(counts)
+        best = max(bare["batch_images_per_s"], bare["images_per_s"])
+        served, lone = api[image, most]["images_per_s"], api[image, one]["p50_ms"]
+        share = f"{100 * served / best:.0f}% of its best bare ({best})"
+        parts = [f"{image} x{most}: {served:.1f} img/s = {share}"]
+        if (image, most) in baseline:
+            parts.append(f"{served / baseline[image, most]['images_per_s']:.1f}x the baseline")
+        parts.append(f"x{one} p50 {lone:.0f} ms = bare alone + {lone - bare['lone_p50_ms']:.0f} ms")
+        for other in dict.fromkeys(i for i, _ in api if i != image):
+            if (other, one) in api:
+                parts.append(f"{other} x{one} p50 = {image}'s + {api[other, one]['p50_ms'] - lone:.0f} ms")
+        if (image, most) in page:
+            parts.append(f"page x{most} = {100 * page[image, most]['images_per_s'] / served:.0f}% of the API")
+        lines.append(f"{result['runtime']}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
