@@ -93,12 +93,12 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
         re.MULTILINE,
     )
     assert ratios, result.stdout
-    cell = {(c["server"], c["image"], c["clients"]): c for c in data["cells"]}
-    api, base = cell["vit-space", "640x480", 16], cell["baseline", "640x480", 16]
+    figures = {(c["server"], c["image"], c["clients"]): c for c in data["cells"]}
+    api, base = figures["vit-space", "640x480", 16], figures["baseline", "640x480", 16]
     best = max(data["bare"]["batch_images_per_s"], data["bare"]["images_per_s"])
     assert float(ratios[3]) == best and int(ratios[2]) == round(100 * api["images_per_s"] / best)
     assert float(ratios[4]) == round(api["images_per_s"] / base["images_per_s"], 1)
-    page = cell["vit-space page", "640x480", 16]["images_per_s"]
+    page = figures["vit-space page", "640x480", 16]["images_per_s"]
     assert int(ratios[8]) == round(100 * page / api["images_per_s"])
     for cell in data["cells"]:
         assert cell["errors"] == 0 and cell["requests"] > 0 and cell["images_per_s"] > 0, cell
