@@ -214,7 +214,9 @@ def test_int8_keeps_top1_on_every_photo_with_the_real_model(
 def test_bf16_guard_on_the_real_model(real_model: Path, photos: list[Photo]) -> None:
     reference, processor, size = torch_reference(real_model)
     candidate = TorchBf16Backend(load_network(real_model))
-    report = guard.check_accuracy(reference, candidate, processor, size, [p.path for p in photos])
+    inputs = guard.evaluation_inputs(processor, size, [p.path for p in photos])
+    names = [p.path.name for p in photos]
+    report = guard.judge(guard.rows(reference, inputs), guard.rows(candidate, inputs), candidate.name, names)
     assert report.photos == len(photos) and report.inputs == len(photos)  # photos, not noise
     assert report.top1_agreement == 1.0, report
     assert report.passed == (report.min_cosine >= guard.MIN_COSINE)
@@ -225,7 +227,8 @@ def test_guard_refuses_a_model_that_drifts(tiny_vit: Path, tmp_path: Path) -> No
     other = make_tiny_vit(tmp_path / "other")
     reference, processor, size = torch_reference(tiny_vit)
     drifted = TorchBackend(load_network(other))
-    report = guard.check_accuracy(reference, drifted, processor, size)
+    inputs = guard.evaluation_inputs(processor, size, [])  # no photos: the seeded noise inputs
+    report = guard.judge(guard.rows(reference, inputs), guard.rows(drifted, inputs), drifted.name)
     assert not report.passed and report.min_cosine < guard.MIN_COSINE
     # Through the export: an impossible bound is refused, and nothing is left behind to be served.
     out = tmp_path / "out"

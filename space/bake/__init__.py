@@ -86,7 +86,7 @@ def optimize_model(
             photos=photos,
             calibration_dir=calibration_dir,
             min_top1=min_top1,
-            **({"measure_seconds": measure_seconds} if measure_seconds else {}),
+            measure_seconds=measure_seconds,
         )
     except Exception as exc:
         raise BakeError(f"optimising ({backend}, {precision}) failed: {type(exc).__name__}: {exc}") from None

@@ -28,10 +28,10 @@ from space.bake.guard import MIN_COSINE, MIN_TOP1_AGREEMENT, AccuracyError, eval
 from space.bake.probe import MAX_BATCH, probe
 from space.bake.speed import measure_speed
 from space.errors import ModelUnavailable
-from space.model.cpu import candidates, cpu_flags, cpu_model
+from space.model.cpu import available_cpus, candidates, cpu_flags, cpu_model
 from space.model.folder import OPTIMIZED_MANIFEST
 from space.serving.classifier import PROBE_SIZE, processed_size
-from space.serving.pipeline import default_batch
+from space.serving.pipeline import default_batch, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def export_optimized(
     min_cosine: float = MIN_COSINE,
     min_top1: float = MIN_TOP1_AGREEMENT,
     calibration_dir: Path | None = None,
-    measure_seconds: float = MEASURE_SECONDS,
+    measure_seconds: float | None = None,
 ) -> Path:
     """Make the optimised model for ``model_dir`` in ``out_dir``, guard its accuracy, and describe it.
 
@@ -67,6 +67,7 @@ def export_optimized(
     if not choices:
         raise ModelUnavailable(f"no backend supports backend={backend!r} precision={precision!r}")
     measure = len(choices) > 1
+    measure_seconds = measure_seconds or MEASURE_SECONDS
     ref, processor, image_size = reference(model_dir)
     sources = Sources(ref.model, processor, image_size, photos, calibration_dir)
     inputs = evaluation_inputs(processor, image_size, photos)
@@ -218,7 +219,8 @@ def _run_candidate(
     speed = None
     if measure_seconds:
         batch = default_batch(candidate, MAX_BATCH)
-        speed = measure_speed(candidate, sources.image_size, 1, batch, measure_seconds)
+        workers = default_workers(backend, available_cpus())
+        speed = measure_speed(candidate, sources.image_size, workers, batch, measure_seconds)
     return rows(candidate, inputs), speed
 
 

@@ -56,24 +56,6 @@ def guard_inputs(image_size: tuple[int, int], count: int = GUARD_INPUTS) -> np.n
     return rng.standard_normal((count, 3, height, width), dtype=np.float32)
 
 
-def check_accuracy(
-    reference: Backend,
-    candidate: Backend,
-    processor: Any,
-    image_size: tuple[int, int],
-    photos: Sequence[Path] = (),
-    min_cosine: float = MIN_COSINE,
-    min_top1: float = MIN_TOP1_AGREEMENT,
-) -> GuardReport:
-    """Compare ``candidate`` with the fp32 ``reference`` backend, both in this process (the bake runs
-    exported candidates in a child process instead, :mod:`space.bake.probe`, and calls :func:`judge`)."""
-    inputs = evaluation_inputs(processor, image_size, photos)
-    names = [p.name for p in photos]
-    return judge(
-        rows(reference, inputs), rows(candidate, inputs), candidate.name, names, min_cosine, min_top1
-    )
-
-
 def evaluation_inputs(processor: Any, image_size: tuple[int, int], photos: Sequence[Path]) -> np.ndarray:
     """What the guard runs both models on: the photos, preprocessed; without photos, the noise inputs."""
     from PIL import Image

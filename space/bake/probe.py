@@ -22,6 +22,9 @@ import numpy as np
 
 from space.settings import Settings
 
+# The serving default (SPACE_MAX_BATCH_SIZE), within which a backend's own max_batch applies.
+MAX_BATCH: int = Settings.model_fields["max_batch_size"].default
+
 
 class ProbeFailed(RuntimeError):
     """The candidate's process failed or crashed while loading or running the model."""
@@ -71,9 +74,6 @@ def main(argv: Sequence[str]) -> int:
         (folder / "speed.json").write_text(json.dumps(speed))
     return 0
 
-
-# The serving default (SPACE_MAX_BATCH_SIZE), within which a backend's own max_batch applies.
-MAX_BATCH: int = Settings.model_fields["max_batch_size"].default
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
