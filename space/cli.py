@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -15,9 +18,16 @@ from space.settings import Settings, describe_error, env_name, load_settings
 
 SERVE_FIELDS = tuple(Settings.model_fields)
 PREDICT_FIELDS = ("model", "model_revision", "top_k", "threads", "max_upload_mb", "max_pixels")
-PREDICT_FIELDS += ("log_level", "log_format")
-PREDICT_FIELDS += ("backend", "precision")  # issue 5: the inference backend
+PREDICT_FIELDS += ("log_level", "log_format", "backend", "precision")
 FLAG_NAMES = {"model_revision": "revision"}  # shorter flags where the field name is long
+# Offline first: set before gradio, huggingface_hub or transformers are imported (they read these at import
+# time), unless the operator chose otherwise.
+OFFLINE = {
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
@@ -56,10 +66,7 @@ def serve(args: argparse.Namespace) -> int:
         failures.append(message)
         server.should_exit = True
 
-    app = create_app(settings, on_load_failure=stop)
-    # The model folder and the backend choice, once: a missing model or an unbaked runtime stops here,
-    # with one line, before the port is bound.
-    app.state.runtime.resolve()
+    app = create_app(settings, on_load_failure=stop)  # a missing model stops here, before the port is bound
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -86,22 +93,33 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Classify image files offline; one JSON object per image on stdout. Exit 1 if any failed."""
+    """Classify image files offline through the service, in requests of up to SPACE_MAX_IMAGES_PER_REQUEST;
+    one JSON object per image on stdout. Exit 1 if any failed."""
     settings = settings_from(args, PREDICT_FIELDS)
     configure_logging(settings)
-    from space.serving.pipeline import Runtime
+    from space.serving.params import Params
+    from space.serving.service import ClassificationService
 
-    runtime = Runtime(settings)
-    runtime.load()
+    service = ClassificationService(settings)
+    service.load()
+    chunk = settings.max_images_per_request
     failed = 0
-    for path in args.images:
-        try:
-            predictions = runtime.classify_file(path, settings.top_k)
-            result: dict[str, object] = {"file": path, "predictions": [vars(p) for p in predictions]}
-        except (UserError, OSError) as error:
-            failed += 1
-            result = {"file": path, "error": getattr(error, "message", None) or str(error)}
-        print(json.dumps(result), flush=True)
+    try:
+        for start in range(0, len(args.images), chunk):
+            names = args.images[start : start + chunk]
+            results = asyncio.run(service.classify_each([Path(name) for name in names], Params()))
+            for name, result in zip(names, results, strict=True):
+                if isinstance(result, UserError):
+                    failed += 1
+                    line: dict[str, object] = {"file": name, "error": result.reason}
+                else:
+                    line = {
+                        "file": name,
+                        "predictions": [{"label": p.label, "score": p.score} for p in result],
+                    }
+                print(json.dumps(line), flush=True)
+    finally:
+        service.close()
     return 1 if failed else 0
 
 
@@ -154,6 +172,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for name, value in OFFLINE.items():
+        os.environ.setdefault(name, value)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command).parse_args(argv)

@@ -8,9 +8,17 @@ class UserError(Exception):
 
     status_code = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, index: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = message  # the mistake itself, without naming the image
+        self.index = index  # which image of a request of several, when the mistake is in one of them
+
+    def at(self, index: int) -> UserError:
+        """The same mistake, naming the image of a request of several that caused it."""
+        named = type(self)(f"Image {index} (counting from 0): {self.message}", index)
+        named.reason = self.reason
+        return named
 
 
 class BadImage(UserError):
@@ -23,6 +31,12 @@ class TooLarge(UserError):
     """Over the byte or pixel limit."""
 
     status_code = 413
+
+
+class NotFound(UserError):
+    """A model name or version this server does not serve (the v2 protocol names models in its paths)."""
+
+    status_code = 404
 
 
 class UnsupportedMediaType(UserError):

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from space.backends.registry import NAMES, PRECISIONS, summary
+
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 ENV_PREFIX = "SPACE_"
 
@@ -28,6 +30,12 @@ class Settings(BaseSettings):
         DEFAULT_MODEL, description="Hub model id (read from the local cache) or a local folder."
     )
     model_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the model.")
+    model_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="The model's name in the v2 protocol's routes (/v2/models/NAME); default: the last part "
+        "of SPACE_MODEL.",
+    )
     top_k: int = Field(5, ge=1, le=1000, description="How many classes to return by default.")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
     port: int = Field(
@@ -53,7 +61,17 @@ class Settings(BaseSettings):
 
     # --- Reliability and security (issue 6): admission control, time limits, CORS, optional auth ---
     max_in_flight: int = Field(
-        16, ge=1, le=4096, description="Predictions admitted at once (API and UI); more get 503 at once."
+        64,
+        ge=1,
+        le=4096,
+        description="Images admitted at once (every route and the page; a request of N images takes N); "
+        "more get 503 at once.",
+    )
+    max_images_per_request: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Most images in one request; more get 413 (default: 64, at most SPACE_MAX_IN_FLIGHT).",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest a prediction may take, queueing included; later -> 504."
@@ -103,6 +121,18 @@ class Settings(BaseSettings):
             raise ValueError("SPACE_MCP=true needs the UI (Gradio serves MCP): drop SPACE_UI=false or it")
         return self
 
+    @model_validator(mode="after")
+    def _requests_fit_admission(self) -> Settings:
+        if "max_images_per_request" not in self.model_fields_set:  # the default follows a lower bound
+            self.max_images_per_request = min(self.max_images_per_request, self.max_in_flight)
+        if self.max_images_per_request > self.max_in_flight:
+            raise ValueError(
+                f"SPACE_MAX_IMAGES_PER_REQUEST={self.max_images_per_request} is more than "
+                f"SPACE_MAX_IN_FLIGHT={self.max_in_flight}, so such a request could never be admitted: "
+                "raise SPACE_MAX_IN_FLIGHT or lower SPACE_MAX_IMAGES_PER_REQUEST"
+            )
+        return self
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -120,15 +150,17 @@ class Settings(BaseSettings):
     mcp: bool = Field(False, description="Serve the classifier as an MCP tool at /gradio_api/mcp/.")
 
     # --- Performance (issue 5): inference backend, precision, batching across users, CPU allocation ---
-    backend: Literal["auto", "openvino", "onnxruntime", "torch"] = Field(
-        "auto", description="Inference backend; auto: what the bake step exported (else torch)."
+    backend: Literal[("auto", *NAMES)] = Field(  # type: ignore[valid-type]
+        "auto", description="Inference runtime; auto: what the bake step exported (else PyTorch fp32)."
     )
-    precision: Literal["auto", "fp32", "bf16", "int8-weights", "int8"] = Field(
-        "auto",
-        description="Precision (openvino: all; onnxruntime: fp32, int8; torch: fp32, bf16); auto: baked.",
+    precision: Literal[("auto", *PRECISIONS)] = Field(  # type: ignore[valid-type]
+        "auto", description=f"Precision ({summary()}); auto: what the bake step exported."
     )
     workers: int | None = Field(
-        None, ge=1, le=64, description="Inference calls at once (default: onnxruntime one per CPU, others 1)."
+        None,
+        ge=1,
+        le=64,
+        description="Inference calls at once (default: the runtime's own, one per CPU or one batched).",
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="Most images per backend call (batching).")
     max_batch_wait_ms: float = Field(

@@ -4,19 +4,24 @@ servers. The test data lives in the repository (tests/data/photos) or is built b
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from space.serving.classifier import Classifier, Prediction
+from space.serving.params import Params
+from space.serving.service import ClassificationService
+from space.settings import Settings
 from tests.real_model import real_model as build_real_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +87,29 @@ def make_tiny_vit(folder: Path, num_labels: int = 10) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+
+
+def loaded_service(model: Path, **settings: object) -> ClassificationService:
+    """The classification service in this process, loaded (pure serving logic without a server);
+    ``close()`` it when done."""
+    service = ClassificationService(Settings(model=str(model), **settings))  # type: ignore[arg-type]
+    service.load()
+    return service
+
+
+def classify(
+    service: ClassificationService, images: Sequence[object], **params: object
+) -> list[list[Prediction]]:
+    """The service's own ``classify``, from a test's thread."""
+    return asyncio.run(service.classify(list(images), Params(**params)))  # type: ignore[arg-type]
+
+
+def predict_alone(
+    model: Classifier, image: object, top_k: int, function: str | None = None
+) -> list[Prediction]:
+    """One image straight through the model (no batcher, no admission): what an unbatched server answers."""
+    logits = model.backend.logits(model.preprocess([image]))  # type: ignore[list-item]
+    return model.top_k(model.scores(logits, function)[0], top_k)
 
 
 class PortNotBound(AssertionError):

@@ -20,13 +20,12 @@ import pytest
 from huggingface_hub import InferenceClient
 from PIL import Image
 
-from space.backends.choice import SUPPORTED
+from space.backends.registry import pairs
 from space.bake import BakeError, bake
 from space.bake.guard import MIN_COSINE
 from space.model.folder import OPTIMIZED_MANIFEST
-from space.serving.pipeline import Runtime
-from space.settings import Settings
-from tests.conftest import Photo, Server, wait_until_ready
+from space.serving.service import ClassificationService
+from tests.conftest import Photo, Server, classify, loaded_service, wait_until_ready
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -187,7 +186,7 @@ def make_checkpoint(arch: Arch, folder: Path) -> Path:
 # --- Fixtures: checkpoints, the pipeline's answers, bakes and servers -------------------------------------
 
 FUNCTIONS = (None, "sigmoid", "softmax", "none")  # None: the model's default
-CHOICES = [(backend, precision) for backend, precisions in SUPPORTED.items() for precision in precisions]
+CHOICES = [(spec.name, precision) for spec, precision in pairs()]
 BY_NAME = {arch.name: arch for arch in ARCHES}
 # (function_to_apply, top_k): None is the default (top_k 5 in both); over the number of labels is capped
 REQUESTS = [(None, None), ("sigmoid", 3), ("softmax", NUM_LABELS + 4), ("none", NUM_LABELS)]
@@ -296,16 +295,9 @@ def servers(
             server.process.wait()
 
 
-def served_runtime(folder: Path) -> Runtime:
+def served(folder: Path) -> ClassificationService:
     """The serving code in-process (what ``serve`` runs behind HTTP), with SPACE_BACKEND=auto."""
-    runtime = Runtime(Settings(model=str(folder), threads=1))
-    runtime.load()
-    return runtime
-
-
-def close(runtime: Runtime) -> None:
-    assert runtime.batcher is not None
-    runtime.batcher.close()
+    return loaded_service(folder, threads=1)
 
 
 def input_size(folder: Path) -> tuple[int, int]:
@@ -419,16 +411,17 @@ def test_every_bake_serves_within_its_bound_or_is_refused_at_bake_time(
         "passed"
     ]
     assert manifest["guard"]["photos"] == 1
-    runtime = served_runtime(baked.folder)
+    service = served(baked.folder)
     try:
-        assert runtime.info is not None and runtime.info.backend == f"{backend}-{precision}"
-        got = {f: runtime.classify_file(photo, NUM_LABELS, f) for f in FUNCTIONS}
+        assert service.info is not None and service.info.backend == f"{backend}-{precision}"
+        got = {f: classify(service, [photo], top_k=NUM_LABELS, function_to_apply=f)[0] for f in FUNCTIONS}
     finally:
-        close(runtime)
+        service.close()
     what = f"{name} {backend}-{precision}"
     if precision == "fp32":
         for function in FUNCTIONS:
-            assert_same([vars(p) for p in got[function]], expected[name][function], f"{what} {function}")
+            answer = [{"label": p.label, "score": p.score} for p in got[function]]
+            assert_same(answer, expected[name][function], f"{what} {function}")
         return
     # Quantised: within the guard's bound on the photo (top-1 kept, logits' cosine), served as baked.
     logits = {p.label: p.score for p in got["none"]}
@@ -454,8 +447,8 @@ def test_a_checkpoint_onnx_cannot_serve_is_refused_at_bake_time_and_torch_serves
     assert "keeps the aspect ratio" in message and "--optimize torch" in message, message
     assert not (tmp_path / "onnx").exists()
     bake(str(folder), tmp_path / "torch", optimize="torch", precision="fp32")
-    runtime = served_runtime(tmp_path / "torch")
+    service = served(tmp_path / "torch")
     try:
-        assert len(runtime.classify_file(photo, 3)) == 3
+        assert len(classify(service, [photo], top_k=3)[0]) == 3
     finally:
-        close(runtime)
+        service.close()

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from space.backends.choice import check_choice
+from space.backends.choice import choose
 from space.backends.onnx_runtime import OnnxBackend
 from space.backends.pytorch import TorchBackend, TorchBf16Backend, load_network
+from space.backends.registry import OPENVINO, TORCH, candidates
 from space.bake import bake, guard
 from space.bake.export import export_optimized
 from space.bake.export import reference as torch_reference
@@ -31,10 +32,8 @@ from space.bake.guard import AccuracyError
 from space.errors import ModelUnavailable
 from space.model import cpu
 from space.model.folder import OPTIMIZED_MANIFEST
-from space.serving.images import ImageLimits, decode
-from space.serving.pipeline import Runtime, draft_size
-from space.settings import Settings
-from tests.conftest import REPO, Photo, Server, make_tiny_vit
+from space.serving.images import ImageLimits, decode, draft_size
+from tests.conftest import REPO, Photo, Server, classify, loaded_service, make_tiny_vit, predict_alone
 
 # --- CPU allocation -----------------------------------------------------------------------------------
 
@@ -68,20 +67,22 @@ def test_available_cpus_respects_affinity_and_quota() -> None:
 def test_candidates_follow_cpu_features() -> None:
     """bf16 is a candidate only where the CPU computes in it; the serving image's runtimes only (no
     PyTorch); the fp32 ones, which always pass the guard and run on any x86-64 CPU, last."""
-    with_bf16 = cpu.candidates({"avx512_vnni", "avx512_bf16"})
-    assert with_bf16[:2] == [("openvino", "int8"), ("openvino", "bf16")]
-    assert ("openvino", "bf16") in cpu.candidates({"amx_bf16"})
-    without = cpu.candidates(set())
-    assert ("openvino", "bf16") not in without and len(without) == len(with_bf16) - 1
+    named = [(spec.name, precision) for spec, precision in candidates({"avx512_vnni", "avx512_bf16"})]
+    assert named[:2] == [("openvino", "int8"), ("openvino", "bf16")]
+    assert (OPENVINO, "bf16") in candidates({"amx_bf16"})
+    without = [(spec.name, precision) for spec, precision in candidates(set())]
+    assert ("openvino", "bf16") not in without and len(without) == len(named) - 1
     assert without[-2:] == [("openvino", "fp32"), ("onnxruntime", "fp32")]
-    assert all(backend != "torch" for backend, _ in with_bf16)
+    assert all(spec is not TORCH for spec, _ in candidates({"avx512_bf16"}))
 
 
 def test_unsupported_combinations_say_what_to_use() -> None:
-    with pytest.raises(ModelUnavailable, match="openvino supports all four"):
-        check_choice("torch", "int8")
-    with pytest.raises(ModelUnavailable, match="fp32, int8"):
-        check_choice("onnxruntime", "bf16")
+    with pytest.raises(ModelUnavailable, match="openvino: fp32, bf16, int8-weights, int8"):
+        choose("torch", "int8")
+    with pytest.raises(ModelUnavailable, match="it supports fp32, int8"):
+        choose("onnxruntime", "bf16")
+    with pytest.raises(ModelUnavailable, match="use one of auto, openvino, onnxruntime, torch"):
+        choose("tensorrt", "fp32")
 
 
 # --- Export and accuracy guard --------------------------------------------------------------------------
@@ -200,14 +201,14 @@ def test_int8_keeps_top1_on_every_photo_with_the_real_model(
     assert report["photos"] == len(photos) and report["top1_agreement"] == 1.0, report
     assert report["min_cosine"] >= guard.MIN_COSINE
     # Served: `auto` picks the baked int8 model, and every photo still gets an accepted label.
-    runtime = Runtime(Settings(model=str(model)))
-    runtime.load()
-    assert runtime.info is not None and runtime.info.backend == "onnxruntime-int8"
+    service = loaded_service(model)
+    assert service.info is not None and service.info.backend == "onnxruntime-int8"
     cpus = cpu.available_cpus()
     # One call per CPU at once, not batched (batches do not help ONNX Runtime; concurrent calls do).
-    assert runtime.plan == {"workers": cpus, "threads": cpus, "cpus": cpus, "max_batch": 1}
-    for photo in photos:
-        top = runtime.classify_file(photo.path, 1)[0]
+    assert vars(service.plan) == {"workers": cpus, "threads": cpus, "cpus": cpus, "max_batch": 1}
+    rankings = classify(service, [photo.path for photo in photos], top_k=1)
+    service.close()
+    for photo, [top] in zip(photos, rankings, strict=True):
         assert top.label in photo.accepted, (photo.path.name, top)
 
 
@@ -330,19 +331,20 @@ def _jpeg(image: Image.Image, quality: int = 92) -> bytes:
 
 
 def test_draft_decoding_keeps_top1_on_real_and_12mp_photos(real_model: Path, photos: list[Photo]) -> None:
-    runtime = Runtime(Settings(model=str(real_model), backend="torch", precision="fp32"))
-    runtime.load()
-    model = runtime.classifier
-    assert runtime.draft_size == draft_size(model.processor) and min(runtime.draft_size) >= 2 * 224
+    service = loaded_service(real_model, backend="torch", precision="fp32")
+    model = service.model
+    drafts = service.loaded.draft_size
+    assert drafts == draft_size(model.processor) and min(drafts) >= 2 * 224
     limits = ImageLimits(max_pixels=50_000_000)
     samples = [(p.path.name, p.path.read_bytes(), p.accepted) for p in photos if p.path.suffix == ".jpg"]
     with Image.open(next(p.path for p in photos if p.path.name == "lion.jpg")) as lion:
         big = _jpeg(lion.convert("RGB").resize((4000, 3000), Image.LANCZOS))
     samples.append(("lion-12mp.jpg", big, ("lion, king of beasts, Panthera leo",)))
-    drafted = decode(big, limits, runtime.draft_size)
-    assert drafted.width < 4000 and min(drafted.size) >= min(runtime.draft_size)  # really reduced
-    for name, data, accepted in samples:
-        full = model.classify([decode(data, limits)], 1)[0][0]
-        served = runtime.classify_bytes(data, 1)[0]
-        assert served.label == full.label, name
-        assert served.label in accepted, (name, served)
+    drafted = decode(big, limits, drafts)
+    assert drafted.width < 4000 and min(drafted.size) >= min(drafts)  # really reduced
+    served = classify(service, [data for _, data, _ in samples], top_k=1)
+    service.close()
+    for (name, data, accepted), [top] in zip(samples, served, strict=True):
+        full = predict_alone(model, decode(data, limits), 1)[0]
+        assert top.label == full.label, name
+        assert top.label in accepted, (name, top)

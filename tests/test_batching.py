@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,16 +13,16 @@ import pytest
 
 from space.model import cpu
 from space.serving.batching import Batcher
-from space.serving.classifier import Classifier, load
-from space.serving.images import ImageLimits, decode, read_file
-from space.serving.pipeline import Runtime, draft_size
-from space.settings import Settings
-from tests.conftest import Photo, Server
+from space.serving.classifier import Classifier
+from space.serving.images import ImageLimits, decode, draft_size, read_file
+from tests.conftest import Photo, Server, loaded_service, predict_alone
 
 
 @pytest.fixture(scope="module")
-def real_classifier(real_model: Path) -> Classifier:
-    return load(str(real_model), backend="torch", precision="fp32")
+def real_classifier(real_model: Path) -> Iterator[Classifier]:
+    service = loaded_service(real_model, backend="torch", precision="fp32")
+    yield service.model
+    service.close()
 
 
 def _pixels(model: Classifier, photos: list[Photo]) -> list[np.ndarray]:
@@ -147,7 +148,7 @@ def test_concurrent_http_requests_match_one_at_a_time(
     for photo, answer in zip(photos, answers, strict=True):
         # One at a time, as an unbatched server would: same decoding (with draft), processor and model.
         image = decode(photo.path.read_bytes(), ImageLimits(), draft_size(real_classifier.processor))
-        want = real_classifier.classify([image], 3)[0]
+        want = predict_alone(real_classifier, image, 3)
         assert [a["label"] for a in answer] == [p.label for p in want], photo.path.name
         np.testing.assert_allclose([a["score"] for a in answer], [p.score for p in want], atol=1e-4)
 
@@ -156,11 +157,11 @@ def test_workers_and_threads_follow_the_cpu_budget(tiny_vit: Path) -> None:
     import torch
 
     cpus = cpu.available_cpus()
-    default = Runtime(Settings(model=str(tiny_vit), backend="torch"))
-    default.load()
-    assert default.plan == {"workers": 1, "threads": cpus, "cpus": cpus, "max_batch": 8}  # one call, all CPUs
+    default = loaded_service(tiny_vit, backend="torch")
+    default.close()
+    assert vars(default.plan) == {"workers": 1, "threads": cpus, "cpus": cpus, "max_batch": 8}  # all CPUs
     assert torch.get_num_threads() == cpus
-    runtime = Runtime(Settings(model=str(tiny_vit), backend="torch", threads=1, workers=2, max_batch_size=3))
-    runtime.load()
-    assert runtime.plan == {"workers": 2, "threads": 1, "cpus": cpus, "max_batch": 3}
+    service = loaded_service(tiny_vit, backend="torch", threads=1, workers=2, max_batch_size=3)
+    service.close()
+    assert vars(service.plan) == {"workers": 2, "threads": 1, "cpus": cpus, "max_batch": 3}
     assert torch.get_num_threads() == 1

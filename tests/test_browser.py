@@ -7,6 +7,7 @@ docs/screenshot.png for the README).
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from collections.abc import Iterator
@@ -203,4 +204,34 @@ def test_show_where_it_looked_overlays_a_heatmap(open_page, photos: list[Photo])
     page.locator("#explain").click()
     expect(legend).to_contain_text(second, timeout=RESULT_TIMEOUT_MS)
     expect(heatmap).to_be_visible()
+    assert recorded.outside_requests() == []
+
+
+def test_many_images_give_a_table_and_a_csv(open_page, photos: list[Photo], tmp_path: Path) -> None:
+    """The "Many images" tab: three files (one not an image) give three rows, best label and score for the
+    photos and the error for the other, and the same rows as a CSV download."""
+    recorded = open_page(viewport={"width": 1280, "height": 1100})
+    page = recorded.page
+    page.get_by_role("tab", name="Many images").click()
+    chosen = [photo(photos, "lion.jpg"), photo(photos, "zebra.jpg")]
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not a photo\n" * 10)
+    page.locator("#bulk-files input[type='file']").set_input_files([p.path for p in chosen] + [fake])
+    expect(page.locator("#bulk-files")).to_contain_text("notes", timeout=RESULT_TIMEOUT_MS)  # all three uploaded
+    page.locator("#bulk-classify").click()
+    rows = page.locator("#bulk-table [role='row']")  # the header row, then one per file
+    expect(rows).to_have_count(4, timeout=RESULT_TIMEOUT_MS)
+    texts = [" ".join(text.split()) for text in rows.all_inner_texts()[1:]]
+    for found, wanted in zip(texts, chosen, strict=False):
+        assert wanted.path.name in found and any(label in found for label in wanted.accepted), found
+    assert "notes.jpg" in texts[2] and "not an image" in texts[2], texts[2]
+    link = page.locator("#bulk-csv a").first
+    expect(link).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    with page.expect_download() as download:
+        link.click()
+    rows_csv = list(csv.reader(Path(download.value.path()).read_text().splitlines()))
+    assert rows_csv[0] == ["file", "top label", "score"] and len(rows_csv) == 4, rows_csv
+    assert rows_csv[1][:2] == ["lion.jpg", texts[0].split(" ", 1)[1].rsplit(" ", 1)[0]], (rows_csv, texts)
+    assert rows_csv[3][0] == "notes.jpg" and rows_csv[3][1].startswith("error: "), rows_csv
+    page.screenshot(path=ARTIFACTS / "screenshot-many.png")
     assert recorded.outside_requests() == []

@@ -1,10 +1,11 @@
 """Explanation maps (space/explain.py) on the real ImageNet model and real photos, in process through the
-serving code (Runtime, its batcher, the Explainer): does the map point at the object, and do the maps
+serving code (the service, its batcher and explainer): does the map point at the object, and do the maps
 of every baked backend agree? The HTTP, page and MCP sides are in test_explain_api.py, test_browser.py
 and test_mcp.py. The figures are printed (pytest -s) and stated in the README."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +16,12 @@ from PIL import Image
 
 from space.bake.export import export_optimized
 from space.errors import BadParameter
-from space.serving.explain import cell_boxes, fill_colour, resolve_target
-from space.serving.explainer import Explainer
+from space.serving.explain import Explanation, cell_boxes, fill_colour
 from space.serving.images import read_file
 from space.serving.overlay import overlay
-from space.serving.pipeline import Runtime
-from space.settings import Settings
-from tests.conftest import Photo
+from space.serving.params import EXPLAIN, Params, parse, target_index
+from space.serving.service import ClassificationService
+from tests.conftest import Photo, loaded_service, predict_alone
 
 CANVAS = 448  # the real model's processor: shortest edge to 256, centre crop 224 (it keeps 392 px of 448)
 KEPT = (CANVAS - CANVAS * 224 // 256) // 2, CANVAS - (CANVAS - CANVAS * 224 // 256) // 2
@@ -35,18 +35,20 @@ MIN_HIT_RATE = 0.9
 MIN_PEARSON = {"onnxruntime-fp32": 0.99, "onnxruntime-int8": 0.99, "torch-bf16": 0.8}
 
 
-def serve(model: Path, **settings: object) -> Runtime:
-    runtime = Runtime(Settings(model=str(model), **settings))  # type: ignore[arg-type]
-    runtime.load()
-    return runtime
-
-
 @pytest.fixture(scope="module")
-def served(real_model: Path) -> Iterator[Runtime]:
-    runtime = serve(real_model)
-    yield runtime
-    assert runtime.batcher is not None
-    runtime.batcher.close()
+def served(real_model: Path) -> Iterator[ClassificationService]:
+    service = loaded_service(real_model)
+    yield service
+    service.close()
+
+
+def explain(service: ClassificationService, image: Image.Image, target: str | None = None) -> Explanation:
+    """The service's own explanation of ``image`` (decoded already), from a test's thread."""
+    return asyncio.run(service.explain(image, Params(target=target)))[0]
+
+
+def read(service: ClassificationService, path: Path) -> Image.Image:
+    return read_file(path, service.limits, service.loaded.draft_size)
 
 
 def placements(photo: Image.Image, rng: np.random.Generator) -> Iterator[tuple[Image.Image, tuple[int, ...]]]:
@@ -72,19 +74,20 @@ def overlap(cell: tuple[int, ...], region: tuple[int, ...]) -> float:
     return width * height / ((cell[2] - cell[0]) * (cell[3] - cell[1]))
 
 
-def test_the_map_points_at_the_object_on_real_photos(served: Runtime, photos: list[Photo]) -> None:
+def test_the_map_points_at_the_object_on_real_photos(
+    served: ClassificationService, photos: list[Photo]
+) -> None:
     """Each photo the model gets right, pasted small at seeded places on a grey canvas: the hottest cell
     is on the photo in at least 90% of placements, and the map is hotter on the photo than off it in all."""
-    explainer = Explainer(served)
     rng = np.random.default_rng(SEED)
     hits, centred, lines, contrasts, passes = [], [], [], [], set()
     for photo in photos:
-        image = read_file(photo.path, served.limits, served.draft_size)
-        top = served.classifier.classify([image], 1)[0][0].label
+        image = read(served, photo.path)
+        top = predict_alone(served.model, image, 1)[0].label
         if top not in photo.accepted:
             continue
         for canvas, region in placements(image, rng):
-            explanation = explainer.explain_image(canvas, top, deadline=None)
+            explanation = explain(served, canvas, top)
             assert explanation.label == top and explanation.grid.shape == (7, 7)
             grid = explanation.grid.ravel()
             assert grid.min() >= 0 and grid.max() == pytest.approx(1.0)
@@ -122,36 +125,32 @@ def test_the_map_points_at_the_object_on_real_photos(served: Runtime, photos: li
 
 
 def test_cells_the_processor_crops_away_cost_no_pass_and_get_zero(
-    served: Runtime, photos: list[Photo]
+    served: ClassificationService, photos: list[Photo]
 ) -> None:
     """A wide panorama: the centre crop drops its left and right ends, so those columns are 0, unrun."""
-    image = read_file(photos[0].path, served.limits, served.draft_size).resize((320, 200))
-    explanation = Explainer(served).explain_image(image, None, deadline=None)
+    image = read(served, photos[0].path).resize((320, 200))
+    explanation = explain(served, image)
     grid = explanation.grid
     assert np.all(grid[:, 0] == 0) and np.all(grid[:, -1] == 0)
     assert explanation.forward_passes == 1 + 7 * 5  # only the five middle columns reach the model
     assert grid.max() == pytest.approx(1.0)
 
 
-def test_targets_labels_indices_and_mistakes(served: Runtime) -> None:
-    labels = served.classifier.labels
-    probabilities = np.linspace(0, 1, len(labels))
-    assert resolve_target(labels, None, probabilities) == len(labels) - 1
-    assert resolve_target(labels, "zebra", probabilities) == 340
-    assert resolve_target(labels, "ZEBRA", probabilities) == 340
-    assert resolve_target(labels, "340", probabilities) == 340
-    assert resolve_target(labels, 7, probabilities) == 7
-    for bad, words in (
-        ("unicorn", "GET /labels"),
-        (1000, "0 to 999"),
-        (-1, "0 to 999"),
-        (2.5, "class index"),
-        (True, "class index"),
-    ):
+def test_targets_labels_indices_and_mistakes(served: ClassificationService) -> None:
+    labels = served.labels
+    assert target_index(None, labels) is None  # the top class
+    assert target_index("zebra", labels) == 340
+    assert target_index("ZEBRA", labels) == 340
+    assert target_index("340", labels) == 340
+    assert target_index(7, labels) == 7
+    for bad, words in (("unicorn", "GET /labels"), (1000, "0 to 999"), (-1, "0 to 999"), ("-1", "0 to 999")):
         with pytest.raises(BadParameter, match=words):
-            resolve_target(labels, bad, probabilities)
+            target_index(bad, labels)
+    for bad in (2.5, True, [1]):  # not a label or an index at all: the parameter's own check
+        with pytest.raises(BadParameter, match="class index"):
+            parse({"target": bad}, accepted=EXPLAIN)
     # The mean colour of a normalising processor, mid-grey for one that does not normalise.
-    assert fill_colour(served.classifier.processor) == (128, 128, 128)
+    assert fill_colour(served.model.processor) == (128, 128, 128)
 
 
 def test_overlay_keeps_cold_pixels_and_colours_hot_ones() -> None:
@@ -167,21 +166,19 @@ def test_overlay_keeps_cold_pixels_and_colours_hot_ones() -> None:
 def test_every_baked_backend_agrees_with_fp32(real_model: Path, photos: list[Photo], tmp_path: Path) -> None:
     """The bake's runtimes (ONNX Runtime fp32 and int8, PyTorch bf16) give the fp32 map, within a bound."""
     chosen = [p for p in photos if p.path.name in ("lion.jpg", "zebra.jpg", "orange.jpg", "cat_chelsea.png")]
-    runtimes = {"torch-fp32": serve(real_model, backend="torch", precision="fp32")}
-    runtimes["torch-bf16"] = serve(real_model, backend="torch", precision="bf16")
+    runtimes = {"torch-fp32": loaded_service(real_model, backend="torch", precision="fp32")}
+    runtimes["torch-bf16"] = loaded_service(real_model, backend="torch", precision="bf16")
     for precision in ("fp32", "int8"):
         folder = tmp_path / precision
         shutil.copytree(real_model, folder)
         export_optimized(folder, folder, "onnxruntime", precision, [p.path for p in photos])
-        runtimes[f"onnxruntime-{precision}"] = serve(folder)  # auto: serves what the bake chose
+        runtimes[f"onnxruntime-{precision}"] = loaded_service(folder)  # auto: serves what the bake chose
     try:
         maps: dict[str, list[np.ndarray]] = {name: [] for name in runtimes}
-        for name, runtime in runtimes.items():
-            assert runtime.info is not None and runtime.info.backend == name
-            explainer = Explainer(runtime)
+        for name, service in runtimes.items():
+            assert service.info is not None and service.info.backend == name
             for photo in chosen:
-                image = read_file(photo.path, runtime.limits, runtime.draft_size)
-                maps[name].append(explainer.explain_image(image, None, deadline=None).grid.ravel())
+                maps[name].append(explain(service, read(service, photo.path)).grid.ravel())
         agreement = {
             name: [
                 round(float(np.corrcoef(a, b)[0, 1]), 3)
@@ -195,14 +192,13 @@ def test_every_baked_backend_agrees_with_fp32(real_model: Path, photos: list[Pho
         )
         assert all(min(r) >= MIN_PEARSON[name] for name, r in agreement.items()), agreement
     finally:
-        for runtime in runtimes.values():
-            if runtime.batcher:
-                runtime.batcher.close()
+        for service in runtimes.values():
+            service.close()
 
 
-def test_an_image_smaller_than_the_grid_is_explained(served: Runtime) -> None:
+def test_an_image_smaller_than_the_grid_is_explained(served: ClassificationService) -> None:
     """A 3 x 2 pixel image: most cells are empty (0, no pass); the answer is still a 7 x 7 map."""
     image = Image.fromarray(np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 14, "RGB")
-    explanation = Explainer(served).explain_image(image, None, deadline=None)
+    explanation = explain(served, image)
     assert explanation.grid.shape == (7, 7) and 1 < explanation.forward_passes <= 1 + 6
     assert explanation.grid.min() >= 0 and explanation.grid.max() <= 1

@@ -271,38 +271,51 @@ def test_overlay_sets_image_host_namespace(overlay: list[Doc]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# KServe InferenceService (a CRD: no bundled schema; its pod part is validated as a Pod)
+# KServe: a ServingRuntime that speaks v2 and an InferenceService that asks for it (CRDs: no bundled
+# schema; the pod they make, the runtime's containers with the predictor's pod fields, is validated)
 # ------------------------------------------------------------------------------------------------
 
 POD_SPEC_KEYS = {"containers", "volumes", "securityContext", "terminationGracePeriodSeconds"}
 POD_SPEC_KEYS |= {"automountServiceAccountToken", "serviceAccountName", "nodeSelector", "tolerations"}
 KSERVE_COMPONENT_KEYS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "timeout"}
 KSERVE_COMPONENT_KEYS |= {"containerConcurrency", "canaryTrafficPercent", "logger", "batcher"}
+MODEL_KEYS = {"modelFormat", "runtime", "protocolVersion", "storageUri", "resources", "env", "args"}
+RUNTIME_KEYS = {"supportedModelFormats", "protocolVersions", "containers", "volumes", "nodeSelector"}
+RUNTIME_KEYS |= {"tolerations", "affinity", "labels", "annotations", "imagePullSecrets", "multiModel"}
 
 
-def test_kserve_inference_service() -> None:
-    docs = [d for d in yaml.safe_load_all(KSERVE.read_text()) if d]
-    (isvc,) = docs
-    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
-    assert isvc["kind"] == "InferenceService"
+def test_kserve_runs_the_image_as_a_v2_predictor() -> None:
+    runtime, isvc = [d for d in yaml.safe_load_all(KSERVE.read_text()) if d]
+    assert (runtime["apiVersion"], runtime["kind"]) == ("serving.kserve.io/v1alpha1", "ServingRuntime")
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    spec = runtime["spec"]
+    assert not set(spec) - RUNTIME_KEYS, set(spec) - RUNTIME_KEYS
+    assert spec["protocolVersions"] == ["v2"]
     predictor = isvc["spec"]["predictor"]
-    unknown = set(predictor) - POD_SPEC_KEYS - KSERVE_COMPONENT_KEYS
+    unknown = set(predictor) - POD_SPEC_KEYS - KSERVE_COMPONENT_KEYS - {"model"}
     assert not unknown, f"fields neither KServe's nor a PodSpec's: {unknown}"
-    (c,) = predictor["containers"]
+    model = predictor["model"]
+    assert not set(model) - MODEL_KEYS and model["protocolVersion"] == "v2"
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in [f["name"] for f in spec["supportedModelFormats"]]
+    (c,) = spec["containers"]
     assert c["name"] == "kserve-container"
-    assert [p["containerPort"] for p in c["ports"]] == [7860]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert [(p["containerPort"], p["name"]) for p in c["ports"]] == [(8080, "http1")]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert predictor["minReplicas"] >= 1
     env = env_of(c)
+    assert env["SPACE_PORT"]["value"] == "8080" and env["PROTOCOL"]["value"] == "v2"
+    assert env["SPACE_MODEL_NAME"]["value"] == isvc["metadata"]["name"]
     assert env["SPACE_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
     assert env["SPACE_THREADS"]["valueFrom"]["resourceFieldRef"]["containerName"] == "kserve-container"
     assert env["SPACE_UI"]["value"] == "false"  # KServe routes the API: no page, Gradio API or MCP
+    pod_fields = {k: v for k, v in predictor.items() if k in POD_SPEC_KEYS}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "kserve-predictor"},
-        "spec": {k: v for k, v in predictor.items() if k in POD_SPEC_KEYS},
+        "spec": {**pod_fields, "containers": spec["containers"], "volumes": spec["volumes"]},
     }
     validate(pod)

@@ -2,22 +2,33 @@
 imported in one module, small serving modules, and a CLI that loads build-time code only for its command.
 
 Layers, lowest first: ``space.model`` (folder, manifests, CPU) <- ``space.backends`` (one module per
-runtime, and the choice) <- ``space.serving`` (the pipeline) <- ``space.web`` (HTTP, page, MCP). The bake
-step sits on top (it uses serving code), and the benchmark on it (it bakes, and measures bare speed as
-the bake does); nothing imports either but the CLI. Settings and errors are leaves every layer may use.
+runtime, the registry, the choice) <- ``space.serving`` (the service) <- ``space.web`` (HTTP, page, MCP).
+The bake step sits on top (it uses serving code), and the benchmark on it (it bakes, and measures bare
+speed as the bake does); nothing imports either but the CLI. Settings, errors, the runtime registry and
+the CPU facts are leaves every layer may use. Each concept lives in one place: runtime names in the
+registry, request parameters in one module.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from space.backends.registry import NAMES, PRECISIONS
 from tests.conftest import REPO
 
 PACKAGE = REPO / "space"
-LEAVES = {"space", "space.settings", "space.errors", "space.memory"}
+LEAVES = {
+    "space",
+    "space.settings",
+    "space.errors",
+    "space.memory",
+    "space.backends.registry",
+    "space.model.cpu",
+}
 RANK = {"model": 0, "backends": 1, "serving": 2, "web": 3, "bake": 4, "bench": 5, "cli": 6, "__main__": 7}
 SERVING_PATH = ("model", "backends", "serving", "web")
 MAX_SERVING_LINES = 250
@@ -51,7 +62,7 @@ def graph() -> dict[str, set[str]]:
 
 
 def layer(name: str) -> str | None:
-    return None if name in LEAVES else name.split(".")[1]
+    return None if name in LEAVES or name == "space.backends" else name.split(".")[1]
 
 
 def test_the_module_graph_has_no_cycle() -> None:
@@ -77,7 +88,7 @@ def test_imports_run_one_way_between_layers() -> None:
     wrong = []
     for source, targets in graph().items():
         if layer(source) is None:
-            assert not targets - {"space"}, f"{source} is a leaf but imports {targets}"
+            assert targets <= LEAVES, f"{source} is a leaf but imports {targets - LEAVES}"
             continue
         for target in targets:
             if layer(target) is None or layer(target) == layer(source):
@@ -127,3 +138,55 @@ def test_serve_loads_neither_bake_nor_bench_code() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def strings(path: Path) -> list[str]:
+    """Every string constant in ``path``, f-string pieces included."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+
+
+def test_runtime_names_are_spelled_only_in_the_backends() -> None:
+    """A new runtime is one module and one registry entry: no other module names one (``"openvino"``,
+    ``"onnxruntime-int8"``, ...); they ask the registry."""
+    named = re.compile(rf"^({'|'.join(NAMES)})(-({'|'.join(map(re.escape, PRECISIONS))}))?$")
+    quoted = re.compile(rf"[\"']({'|'.join(NAMES)})[\"']")
+    found = {
+        name: sorted({s for s in strings(path) if named.match(s)} | set(quoted.findall(path.read_text())))
+        for name, path in modules().items()
+        if not name.startswith("space.backends")
+    }
+    assert not {name: hits for name, hits in found.items() if hits}, found
+
+
+def test_request_parameters_are_validated_in_one_module() -> None:
+    """Every 4xx about top_k, function_to_apply or target is raised in space/serving/params.py; the front
+    doors only name the parameters they read."""
+    where = {}
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            texts = [
+                s.value
+                for s in ast.walk(node.exc)
+                if isinstance(s, ast.Constant) and isinstance(s.value, str)
+            ]
+            if any(re.search(r"\b(top_k|function_to_apply|target)\b", text) for text in texts):
+                where.setdefault(name, []).append(node.lineno)
+    assert set(where) == {"space.serving.params"}, where
+
+
+def test_no_module_outside_serving_imports_a_serving_modules_private_names() -> None:
+    wrong = []
+    for name, path in modules().items():
+        if layer(name) == "serving":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("space.serving"):
+                wrong += [f"{name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert not wrong, wrong

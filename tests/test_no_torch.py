@@ -26,9 +26,9 @@ from gradio_client import Client, handle_file
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from space.backends.registry import candidates
 from space.bake import bake
 from space.bake.calibration import CALIBRATION_SIZE, calibration_photos
-from space.model.cpu import candidates
 from tests.conftest import PHOTOS, REPO, Photo, Server, read_photos
 
 BLOCKED = ("torch", "torchvision", "onnx")

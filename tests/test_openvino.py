@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from space.backends.choice import SUPPORTED
 from space.backends.openvino_runtime import OpenVinoBackend
+from space.backends.registry import OPENVINO
 from space.bake import make_lean
 from space.bake.calibration import calibration_inputs, calibration_photos
 from space.bake.export import export_optimized
@@ -39,7 +39,7 @@ def openvino_bakes(tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     for photo in sorted(PHOTOS.glob("*.jpg"))[:5]:
         shutil.copy(photo, calibration)
     bakes = {}
-    for precision in SUPPORTED["openvino"]:
+    for precision in OPENVINO.precisions:
         folder = root / precision
         shutil.copytree(tiny_vit, folder)
         export_optimized(

@@ -1,20 +1,11 @@
-"""Inference backends: one module per runtime behind the one small :class:`Backend` protocol, and the
-choice of which one serves (:mod:`space.backends.choice`).
+"""Inference backends: one module per runtime behind the one small :class:`Backend` protocol, the registry
+that declares them all (:mod:`space.backends.registry`), and the choice of which one serves
+(:mod:`space.backends.choice`).
 
 Runtimes are imported only by the module that serves them, and that module only when chosen: a server
 that runs ONNX Runtime never imports torch (:mod:`space.backends.pytorch` is the one module that does).
 """
 
-from __future__ import annotations
+from space.backends.registry import Backend
 
-from typing import Protocol
-
-import numpy as np
-
-
-class Backend(Protocol):
-    """Turns a batch of preprocessed pixels (N, C, H, W float32) into logits (N, num_labels)."""
-
-    name: str
-
-    def logits(self, pixel_values: np.ndarray) -> np.ndarray: ...
+__all__ = ["Backend"]

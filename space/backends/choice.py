@@ -1,7 +1,7 @@
-"""Which backend serves, decided once at start-up from the settings and what the bake step exported.
+"""Which runtime serves, decided once at start-up from the settings and what the bake step exported.
 
 The server never converts a model: a choice whose file was not baked stops start-up with one line that
-says how to bake it. The runtime module is imported only for the backend chosen.
+says how to bake it. The runtime module is imported only for the runtime chosen.
 """
 
 from __future__ import annotations
@@ -11,84 +11,79 @@ from pathlib import Path
 from typing import Any
 
 from space.backends import Backend
+from space.backends.registry import REFERENCE, RUNTIMES, RuntimeSpec, by_name, create_backend, summary
 from space.errors import ModelUnavailable
 from space.model.folder import has_pytorch_weights, read_optimized
-
-BACKENDS = ("openvino", "onnxruntime", "torch")
-SUPPORTED = {
-    "openvino": ("fp32", "bf16", "int8-weights", "int8"),
-    "onnxruntime": ("fp32", "int8"),
-    "torch": ("fp32", "bf16"),
-}
-# The file each exported runtime loads, in the model folder (PyTorch loads the folder itself).
-FILES = {"openvino": "openvino-{precision}.xml", "onnxruntime": "model-{precision}.onnx"}
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The backend and precision to serve, and the bake step's report when it baked exactly this."""
+    """The runtime and precision to serve, and the bake step's report when it baked exactly this."""
 
-    backend: str
+    runtime: RuntimeSpec
     precision: str
     optimized: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.backend}-{self.precision}"
+        return self.runtime.label(self.precision)
 
 
-def check_choice(backend: str, precision: str) -> None:
-    """A message that says what to use when a backend/precision pair does not exist."""
-    if backend not in SUPPORTED:
-        raise ModelUnavailable(
-            f"SPACE_BACKEND={backend!r} is unknown; use one of auto, {', '.join(BACKENDS)}."
-        )
-    if precision not in SUPPORTED[backend]:
+def choose(backend: str, precision: str) -> Choice:
+    """The pair by name, or a message that says what to use when it does not exist."""
+    try:
+        runtime = by_name(backend)
+    except KeyError:
+        names = ", ".join(spec.name for spec in RUNTIMES)
+        raise ModelUnavailable(f"SPACE_BACKEND={backend!r} is unknown; use one of auto, {names}.") from None
+    if precision not in runtime.precisions:
         raise ModelUnavailable(
             f"SPACE_PRECISION={precision!r} is not available with SPACE_BACKEND={backend}; it supports "
-            f"{', '.join(SUPPORTED[backend])} (openvino supports all four: fp32, bf16, int8-weights, int8)."
+            f"{', '.join(runtime.precisions)} (every runtime's precisions: {summary()})."
         )
+    return Choice(runtime, precision)
 
 
 def resolve_choice(model_dir: Path, backend: str, precision: str) -> Choice:
-    """Which backend/precision to serve: the settings, with ``auto`` meaning the baked choice.
+    """Which runtime/precision to serve: the settings, with ``auto`` meaning the baked choice.
 
-    ``auto`` without a baked ``optimized.json`` serves fp32 PyTorch (the reference).
+    ``auto`` without a baked ``optimized.json`` serves the reference, fp32 PyTorch.
     """
     baked = read_optimized(model_dir)
     if backend == "auto" and precision == "auto":
         if baked:
-            return Choice(baked["backend"], baked["precision"], baked)
-        return Choice("torch", "fp32")
+            return Choice(by_name(baked["backend"]), baked["precision"], baked)
+        return Choice(*REFERENCE)
     if backend == "auto":
-        backend = baked["backend"] if baked and baked["precision"] == precision else "openvino"
+        backend = baked["backend"] if baked and baked["precision"] == precision else RUNTIMES[0].name
     if precision == "auto":
         precision = baked["precision"] if baked and baked["backend"] == backend else "fp32"
-    check_choice(backend, precision)
+    choice = choose(backend, precision)
     match = baked if baked and (baked["backend"], baked["precision"]) == (backend, precision) else None
-    return Choice(backend, precision, match)
+    return Choice(choice.runtime, precision, match)
 
 
 def bake_hint(model_dir: Path, choice: Choice) -> str:
     """The command that bakes ``choice`` for this folder, for start-up errors."""
-    optimize = f"--optimize {choice.backend} --precision {choice.precision}"
-    if choice.backend == "torch" and choice.precision == "fp32":
+    optimize = f"--optimize {choice.runtime.name} --precision {choice.precision}"
+    if (choice.runtime, choice.precision) == REFERENCE:
         optimize = "--optimize none"
     return f"python -m space bake --model SOURCE --output {model_dir}-{choice.precision} {optimize}"
 
 
 def model_file(model_dir: Path, choice: Choice) -> Path:
     """The file the chosen runtime loads; stops start-up with how to bake it when it is missing."""
-    if choice.backend == "torch":
+    name = choice.runtime.file_for(choice.precision)
+    if name is None:
         if not has_pytorch_weights(model_dir):
             raise ModelUnavailable(
-                f"SPACE_BACKEND=torch needs PyTorch weights, and {model_dir} holds none (it was baked "
-                f"lean for another runtime). The server never converts a model: serve what was baked "
-                f"(SPACE_BACKEND=auto) or bake for PyTorch: {bake_hint(model_dir, choice)} (SOURCE: the "
-                "Hub id or the original model folder)."
+                f"SPACE_BACKEND={choice.runtime.name} needs PyTorch weights, and {model_dir} holds none (it "
+                f"was baked lean for another runtime). The server never converts a model: serve what was "
+                f"baked (SPACE_BACKEND=auto) or bake for PyTorch: {bake_hint(model_dir, choice)} (SOURCE: "
+                "the Hub id or the original model folder)."
             )
         return model_dir
-    file = model_dir / FILES[choice.backend].format(precision=choice.precision)
+    file = model_dir / name
     if not file.is_file():
         raise ModelUnavailable(
             f"{choice.name} was asked for (SPACE_BACKEND/SPACE_PRECISION) but {model_dir} holds no baked "
@@ -98,32 +93,6 @@ def model_file(model_dir: Path, choice: Choice) -> Path:
     return file
 
 
-def create_backend(model_dir: Path, choice: Choice, threads: int, workers: int = 1) -> Backend:
+def load_backend(model_dir: Path, choice: Choice, threads: int, workers: int = 1) -> Backend:
     """The serving backend for ``choice``, importing only its runtime; raises ``ModelUnavailable``."""
-    file = model_file(model_dir, choice)
-    if choice.backend == "torch":
-        from space.backends import pytorch
-
-        return pytorch.create(model_dir, choice.precision, threads)
-    if choice.backend == "openvino":
-        from space.backends import openvino_runtime
-
-        return openvino_runtime.OpenVinoBackend(file, choice.precision, threads)
-    from space.backends import onnx_runtime
-
-    return onnx_runtime.OnnxBackend(file, choice.precision, threads, workers)
-
-
-def runtime_version(choice: Choice) -> dict[str, str]:
-    """The version of the runtime serving ``choice`` (already imported by :func:`create_backend`)."""
-    if choice.backend == "torch":
-        from space.backends import pytorch
-
-        return {"torch": pytorch.VERSION}
-    if choice.backend == "openvino":
-        from space.backends import openvino_runtime
-
-        return {"openvino": openvino_runtime.VERSION}
-    from space.backends import onnx_runtime
-
-    return {"onnxruntime": onnx_runtime.VERSION}
+    return create_backend(choice.runtime, model_file(model_dir, choice), choice.precision, threads, workers)

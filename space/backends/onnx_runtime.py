@@ -10,23 +10,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-VERSION = ort.__version__
-
 
 class OnnxBackend:
     """ONNX Runtime on the CPU, with two sessions of the same model so that both latency and throughput
     use every core: a call that runs alone gets the ``threads``-wide session; calls that overlap each
-    run on their own caller thread in the one-thread session, with no hand-offs between threads.
-
-    Measured on 2 cores, ViT-B/16 int8: a lone call p50 about 70 ms wide, 120 ms narrow; two callers
-    16.4 images/s narrow against 13.0 on one shared two-thread pool (10.6 when that pool spins). The
-    pools do not spin: spinning moved a lone call's p50 by -5 to +17 ms over five interleaved runs,
-    gave one client of the server no lower p50, and cost it about 20% more CPU per request.
+    run on their own caller thread in the one-thread session, with no hand-offs between threads
+    (measured faster than one shared pool: docs/performance.md). The pools do not spin: a spinning
+    pool took CPU from decoding and HTTP and gave a lone request no lower latency.
     """
-
-    # Measured on 2 cores: batches do not raise ONNX Runtime's images/s (int8 or fp32) the way calls
-    # running at once do, and they add waiting; so by default requests are not batched for it.
-    max_batch = 1
 
     def __init__(self, path: Path, precision: str, threads: int = 1, workers: int = 1) -> None:
         self._wide = _session(path, threads)
@@ -61,3 +52,7 @@ def _session(path: Path, threads: int) -> Any:
     # Idle threads that spin would take the cores that decode and serve HTTP.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def create(path: Path, precision: str, threads: int, workers: int) -> OnnxBackend:
+    return OnnxBackend(path, precision, threads, workers)

@@ -20,19 +20,12 @@ import openvino as ov
 import openvino.properties as props
 import openvino.properties.hint as hints
 
-VERSION = ov.__version__
-PRECISIONS = ("fp32", "bf16", "int8-weights", "int8")
-
 
 class OpenVinoBackend:
     """One compiled model, one stream of ``threads`` cores: a lone request gets every core at once, and
-    concurrent requests share a batch (the batcher gathers them while a batch runs).
-
-    Measured on 2 cores (Intel Xeon with AMX, ViT-B/16 static int8): batch 8 runs 41.6 images/s against
-    32.6 at batch 1 and 37.1 for two one-core streams at batch 1; so one stream, batched.
+    concurrent requests share a batch (the batcher gathers them while a batch runs): batches of 8 on one
+    stream were measured faster than one-core streams (docs/performance.md).
     """
-
-    max_batch = 8
 
     def __init__(self, path: Path, precision: str, threads: int) -> None:
         config: dict[str, object] = {
@@ -54,3 +47,7 @@ class OpenVinoBackend:
         with self._lock:
             # share_outputs=False (the default): the result is a copy the next call does not overwrite.
             return self._request.infer({0: pixel_values})[0]
+
+
+def create(path: Path, precision: str, threads: int, workers: int) -> OpenVinoBackend:
+    return OpenVinoBackend(path, precision, threads)

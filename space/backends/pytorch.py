@@ -16,8 +16,6 @@ import torch
 
 from space.errors import ModelUnavailable
 
-VERSION = torch.__version__
-
 
 class TorchBackend:
     """PyTorch eager fp32; one forward pass at a time, each using all inference threads."""
@@ -35,10 +33,10 @@ class TorchBackend:
 
 
 class TorchBf16Backend:
-    """PyTorch with bfloat16 weights and activations: about 3x fp32 on CPUs with AVX512-BF16 or AMX."""
+    """PyTorch with bfloat16 weights and activations: several times fp32 on CPUs with AVX512-BF16 or AMX,
+    and faster per image in batches."""
 
     name = "torch-bf16"
-    max_batch = 8  # bf16 matrix multiplies run about 20-40% more images/s at batch 8 than at 1
 
     def __init__(self, model: Any) -> None:
         self.model = model.eval().to(torch.bfloat16)
@@ -73,7 +71,9 @@ def set_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
-def create(model_dir: Path, precision: str, threads: int) -> TorchBackend | TorchBf16Backend:
+def create(
+    model_dir: Path, precision: str, threads: int, workers: int = 1
+) -> TorchBackend | TorchBf16Backend:
     """The serving backend for ``precision`` (fp32 or bf16) from the folder's PyTorch weights."""
     set_threads(threads)
     network = load_network(model_dir)

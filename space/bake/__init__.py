@@ -10,6 +10,7 @@ written anywhere.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import platform
 import shutil
@@ -19,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from space.backends.registry import NAMES, PRECISIONS, REFERENCE, RUNTIMES
 from space.bake.fetch import (
     MANIFEST_NAME,
     BakeError,
@@ -43,24 +45,33 @@ def prove(model_dir: Path, examples_dir: Path | None, examples: Sequence[Example
     """
     from PIL import Image
 
-    from space.serving.classifier import load
+    from space.serving.params import Params
+    from space.serving.service import ClassificationService
+    from space.settings import Settings
 
+    service = ClassificationService(
+        Settings(model=str(model_dir), backend="auto", precision="auto", threads=1)
+    )
     try:
-        classifier = load(str(model_dir), backend="auto", precision="auto", threads=1)
+        service.load()
     except Exception as exc:
         raise BakeError(f"the baked model does not load offline: {type(exc).__name__}: {exc}") from None
-    height, width = classifier.info.image_size
+    info = service.model.info
+    height, width = info.image_size
     images = [(e.file, Image.open(examples_dir / e.file).convert("RGB"), e.expected) for e in examples]
     if not images:
         images = [(f"<grey {width}x{height}>", Image.new("RGB", (width, height), (128, 128, 128)), [])]
+    try:
+        rankings = asyncio.run(service.classify([image for _, image, _ in images], Params(top_k=1)))
+    finally:
+        service.close()
     results = []
-    for name, image, expected in images:
-        top = classifier.classify([image], top_k=1)[0][0]
-        print(f"{name}: {top.label} ({top.score:.3f}) [{classifier.info.backend}]", flush=True)
+    for (name, _, expected), [top] in zip(images, rankings, strict=True):
+        print(f"{name}: {top.label} ({top.score:.3f}) [{info.backend}]", flush=True)
         if expected and top.label not in expected:
             _log(f"WARNING: {name}: top-1 {top.label!r} is not among the expected {expected}")
         results.append({"file": name, "label": top.label, "score": round(top.score, 4)})
-    return classifier.num_labels, results
+    return info.num_labels, results
 
 
 def optimize_model(
@@ -107,7 +118,7 @@ def optimize_model(
 def make_lean(model_dir: Path, choice: dict[str, Any]) -> list[str]:
     """Remove the PyTorch weights when another runtime serves: its file holds the weights, and the server
     never reads these (a torch bake keeps them). Returns the names removed."""
-    if choice.get("backend") == "torch":
+    if choice.get("backend") == REFERENCE[0].name:
         return []
     removed = []
     for path in pytorch_weight_files(model_dir):
@@ -119,16 +130,8 @@ def make_lean(model_dir: Path, choice: dict[str, Any]) -> list[str]:
 
 
 def _versions() -> dict[str, str]:
-    names = (
-        "torch",
-        "transformers",
-        "openvino",
-        "nncf",
-        "onnxruntime",
-        "huggingface_hub",
-        "safetensors",
-        "pillow",
-    )
+    names = (*(spec.package for spec in RUNTIMES), "transformers", "nncf", "huggingface_hub", "safetensors")
+    names += ("pillow",)
     found = {}
     for name in names:
         try:
@@ -155,9 +158,9 @@ def bake(
 ) -> dict[str, Any]:
     """Fetch, verify and describe a model in ``output``; returns the manifest it wrote.
 
-    ``optimize`` other than ``none`` also exports the faster backend the app serves (ONNX Runtime or bf16,
-    checked against fp32 by the accuracy guard, :mod:`space.bake.export`) into ``output``; when that is
-    not PyTorch the folder is made lean (no PyTorch weights) unless ``keep_pytorch_weights``. The proof
+    ``optimize`` other than ``none`` also exports the faster runtime the app serves (checked against fp32
+    by the accuracy guard, :mod:`space.bake.export`) into ``output``; when that is not PyTorch the
+    folder is made lean (no PyTorch weights) unless ``keep_pytorch_weights``. The proof
     classifies the examples through the serving code, with the backend that will serve.
     """
     if output.exists() and any(output.iterdir()):
@@ -225,14 +228,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--optimize",
-        choices=("none", "auto", "openvino", "onnxruntime", "torch"),
+        choices=("none", "auto", *NAMES),
         default="none",
         help="also export a faster serving backend, accuracy-checked (auto: the fastest that passes the "
         "guard, measured on THIS machine's CPU)",
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "int8-weights", "int8"),
+        choices=("auto", *PRECISIONS),
         default="auto",
         help="with --optimize (auto: measure each the backend supports)",
     )

@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 
 from space.backends import Backend
-from space.backends.choice import FILES, check_choice
+from space.backends.choice import choose
+from space.backends.registry import ONNX_RUNTIME, RuntimeSpec, by_name, candidates
 from space.bake.calibration import calibration_inputs, calibration_photos
 from space.bake.guard import MIN_COSINE, MIN_TOP1_AGREEMENT, AccuracyError, evaluation_inputs, judge, rows
 from space.bake.probe import MAX_BATCH, probe
 from space.bake.speed import measure_speed
 from space.errors import ModelUnavailable
-from space.model.cpu import available_cpus, candidates, cpu_flags, cpu_model
+from space.model.cpu import available_cpus, cpu_flags, cpu_model
 from space.model.folder import OPTIMIZED_MANIFEST
 from space.serving.classifier import PROBE_SIZE, processed_size
-from space.serving.pipeline import default_batch, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,16 @@ def export_optimized(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if backend == "auto" or precision == "auto":
-        choices = [(b, p) for b, p in candidates() if backend in ("auto", b) and precision in ("auto", p)]
+        choices = [
+            (spec, p)
+            for spec, p in candidates()
+            if backend in ("auto", spec.name) and precision in ("auto", p)
+        ]
+        if backend != "auto" and not choices:  # a runtime the lean image lacks: every precision of it
+            spec = by_name(backend)
+            choices = [(spec, p) for p in spec.precisions if precision in ("auto", p)]
     else:
-        check_choice(backend, precision)
-        choices = [(backend, precision)]
+        choices = [(choose(backend, precision).runtime, precision)]
     if not choices:
         raise ModelUnavailable(f"no backend supports backend={backend!r} precision={precision!r}")
     measure = len(choices) > 1
@@ -79,22 +85,23 @@ def export_optimized(
     passed: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="vit-space-export-") as scratch:
         sources.scratch = Path(scratch)
-        for choice_backend, choice_precision in choices:
+        for runtime, choice_precision in choices:
+            choice_backend = runtime.name
             started = time.perf_counter()
-            file = _file(out_dir, choice_backend, choice_precision)
+            file = _file(out_dir, runtime, choice_precision)
             try:
                 got, speed = _run_candidate(
-                    model_dir, out_dir, ref, sources, choice_backend, choice_precision, file, inputs,
+                    model_dir, out_dir, ref, sources, runtime, choice_precision, file, inputs,
                     measure_seconds if measure else None,
                 )  # fmt: skip
-            except Exception as error:  # an architecture this backend cannot export or run: refused here
+            except Exception as error:  # an architecture this runtime cannot export or run: refused here
                 _remove(file)
                 why = f"{choice_backend} {choice_precision} cannot serve {architecture}: {_first_line(error)}"
                 log.warning("backend refused", extra={"reason": why})
                 refused.append(why)
                 unservable.append(why)
                 continue
-            name = f"{choice_backend}-{choice_precision}"
+            name = runtime.label(choice_precision)
             report = judge(expected, got, name, names, min_cosine, min_top1)
             seconds = round(time.perf_counter() - started, 1)
             log.info("accuracy guard", extra={"report": report.as_dict(), "seconds": seconds})
@@ -199,7 +206,7 @@ def _run_candidate(
     out_dir: Path,
     reference: Any,  # the fp32 TorchBackend
     sources: Sources,
-    backend: str,
+    runtime: RuntimeSpec,
     precision: str,
     file: Path | None,
     inputs: np.ndarray,
@@ -209,8 +216,8 @@ def _run_candidate(
     (ONNX Runtime, OpenVINO) is written here and run in a child process (:mod:`space.bake.probe`);
     PyTorch bf16 runs in this process."""
     if file is not None:
-        _export(sources, backend, precision, file)
-        return probe(out_dir, backend, precision, inputs, measure_seconds)
+        _export(sources, runtime, precision, file)
+        return probe(out_dir, runtime.name, precision, inputs, measure_seconds)
     candidate: Backend = reference
     if precision == "bf16":
         from space.backends import pytorch
@@ -218,15 +225,15 @@ def _run_candidate(
         candidate = pytorch.TorchBf16Backend(pytorch.load_network(model_dir))
     speed = None
     if measure_seconds:
-        batch = default_batch(candidate, MAX_BATCH)
-        workers = default_workers(backend, available_cpus())
+        batch = min(runtime.max_batch, MAX_BATCH)
+        workers = runtime.default_workers(available_cpus())
         speed = measure_speed(candidate, sources.image_size, workers, batch, measure_seconds)
     return rows(candidate, inputs), speed
 
 
-def _export(sources: Sources, backend: str, precision: str, file: Path) -> None:
+def _export(sources: Sources, runtime: RuntimeSpec, precision: str, file: Path) -> None:
     """Write the runtime's file for ``precision``, from the fp32 ONNX export."""
-    if backend == "onnxruntime":
+    if runtime is ONNX_RUNTIME:
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -246,9 +253,10 @@ def _export(sources: Sources, backend: str, precision: str, file: Path) -> None:
     convert(sources.onnx_fp32(), file, precision, calibration)
 
 
-def _file(out_dir: Path, backend: str, precision: str) -> Path | None:
+def _file(out_dir: Path, runtime: RuntimeSpec, precision: str) -> Path | None:
     """Where the runtime's file goes in the model folder (None for PyTorch, which loads the folder)."""
-    return out_dir / FILES[backend].format(precision=precision) if backend in FILES else None
+    name = runtime.file_for(precision)
+    return out_dir / name if name else None
 
 
 def _remove(file: Path | None) -> None:

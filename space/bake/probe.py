@@ -22,7 +22,7 @@ import numpy as np
 
 from space.settings import Settings
 
-# The serving default (SPACE_MAX_BATCH_SIZE), within which a backend's own max_batch applies.
+# The serving default (SPACE_MAX_BATCH_SIZE), within which a runtime's own max_batch applies.
 MAX_BATCH: int = Settings.model_fields["max_batch_size"].default
 
 
@@ -54,23 +54,22 @@ def probe(
 
 def main(argv: Sequence[str]) -> int:
     """The child: load the candidate as the server would, run it, write logits.npy (and speed.json)."""
-    from space.backends.choice import Choice, create_backend
+    from space.backends.choice import choose, load_backend
     from space.bake.guard import rows
     from space.bake.speed import measure_speed
     from space.model.cpu import available_cpus
-    from space.serving.pipeline import default_batch, default_workers
 
     model_dir, backend, precision, scratch, *seconds = argv
     folder = Path(scratch)
     cpus = available_cpus()
-    workers = default_workers(backend, cpus)
-    engine = create_backend(Path(model_dir), Choice(backend, precision), cpus, workers)
+    choice = choose(backend, precision)
+    workers = choice.runtime.default_workers(cpus)
+    engine = load_backend(Path(model_dir), choice, cpus, workers)
     inputs = np.load(folder / "inputs.npy")
     np.save(folder / "logits.npy", rows(engine, inputs))
     if seconds:
-        speed = measure_speed(
-            engine, inputs.shape[-2:], workers, default_batch(engine, MAX_BATCH), float(seconds[0])
-        )
+        batch = min(choice.runtime.max_batch, MAX_BATCH)
+        speed = measure_speed(engine, inputs.shape[-2:], workers, batch, float(seconds[0]))
         (folder / "speed.json").write_text(json.dumps(speed))
     return 0
 

@@ -25,9 +25,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from space.backends.registry import pairs
 from space.bench.load import (
     HEADER,
     Cell,
+    many_cell,
     measure_bare,
     measure_explain,
     overload_line,
@@ -40,16 +42,8 @@ from space.bench.servers import BASELINE, Process
 from space.bench.workload import make_jpeg, make_vit_b16, measure_peak_gflops, vit_gflop
 
 CLIENTS = (1, 4, 16)
-RUNTIMES = (
-    "openvino-int8",
-    "openvino-bf16",
-    "openvino-int8-weights",
-    "openvino-fp32",
-    "onnxruntime-int8",
-    "onnxruntime-fp32",
-    "torch-bf16",
-    "torch-fp32",
-)
+MANY = (4, 8)  # clients, images per request: the several-images-per-request row (the v2 protocol)
+RUNTIMES = tuple(spec.label(precision) for spec, precision in pairs())
 SIZES = {"640x480": (640, 480), "12MP": (4000, 3000)}
 
 
@@ -149,6 +143,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             info = httpx.get(f"{servers[0].url}/info", timeout=10).json().get("model", {})
             print("measuring " + ", ".join(s.name for s in servers), file=sys.stderr, flush=True)
             cells = run_cells(servers, images, clients, seconds)
+            cells.append(many_cell(servers[0], sizes[0], SIZES[sizes[0]], *MANY, seconds))
             if args.page:
                 cells.append(page_cell(servers[0], sizes[0], images[sizes[0]], max(clients), seconds))
             explain_image, explained = sizes[0], None
@@ -326,6 +321,7 @@ def serving_ratios(results: list[dict[str, object]]) -> str:
             continue
         bare = result["bare"]
         api, page = by_cell(result["cells"], "vit-space"), by_cell(result["cells"], "vit-space page")
+        many = by_cell(result["cells"], f"vit-space {MANY[1]}/request")
         image = next(iter(api))[0]
         counts = [c for i, c in api if i == image]
         most, one = max(counts), min(counts)
@@ -333,6 +329,11 @@ def serving_ratios(results: list[dict[str, object]]) -> str:
         served, lone = api[image, most]["images_per_s"], api[image, one]["p50_ms"]
         share = f"{100 * served / best:.0f}% of its best bare ({best})"
         parts = [f"{image} x{most}: {served:.1f} img/s = {share}"]
+        if (image, MANY[0]) in many:
+            batched = many[image, MANY[0]]["images_per_s"]
+            parts.append(
+                f"x{MANY[0]} sending {MANY[1]} per request: {batched:.1f} img/s = {100 * batched / best:.0f}%"
+            )
         if (image, most) in baseline:
             parts.append(f"{served / baseline[image, most]['images_per_s']:.1f}x the baseline")
         parts.append(f"x{one} p50 {lone:.0f} ms = bare alone + {lone - bare['lone_p50_ms']:.0f} ms")

@@ -23,7 +23,7 @@ class Cell:
     server: str
     image: str
     clients: int
-    requests: int
+    requests: int  # each of ``per_request`` images
     errors: int
     seconds: float
     images_per_s: float
@@ -32,6 +32,7 @@ class Cell:
     p99_ms: float
     peak_rss_mb: float
     load: float  # the machine's 1-minute load average when the cell started
+    per_request: int = 1
 
 
 def drive(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], int, float]:
@@ -52,6 +53,35 @@ def drive(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[flo
         return send
 
     return _loop(api_client, clients, seconds)
+
+
+def drive_v2(
+    url: str, name: str, files: list[bytes], clients: int, seconds: float
+) -> tuple[list[float], int, float]:
+    """``clients`` threads each POSTing all of ``files`` in one v2 binary request (as ``tritonclient``
+    sends it) back to back for ``seconds``: several images per round trip."""
+    import httpx
+
+    from space.web.v2_tensors import HEADER_LENGTH, binary_request
+
+    body, header_length = binary_request(files)
+    headers = {HEADER_LENGTH: str(header_length)}
+
+    def v2_client() -> Callable[[], bool]:
+        http = httpx.Client(timeout=120)
+
+        def send() -> bool:
+            try:
+                return (
+                    http.post(f"{url}/v2/models/{name}/infer", content=body, headers=headers).status_code
+                    == 200
+                )
+            except httpx.HTTPError:
+                return False
+
+        return send
+
+    return _loop(v2_client, clients, seconds)
 
 
 def drive_page(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], int, float]:
@@ -328,6 +358,25 @@ def run_cells(
     return sorted(cells, key=lambda c: order[c.server])  # stable: each server's cells in run order
 
 
+def many_cell(
+    server: Process, image_name: str, size: tuple[int, int], clients: int, per_request: int, seconds: float
+) -> Cell:
+    """``clients`` sending ``per_request`` different photos per v2 request (server "<name> N/request")."""
+    import httpx
+
+    from space.bench.workload import make_jpeg
+
+    name = httpx.get(f"{server.url}/info", timeout=10).json()["name"]
+    files = [make_jpeg(size, seed=seed) for seed in range(per_request)]
+    load = os.getloadavg()[0]
+    measured = drive_v2(server.url, name, files, clients, seconds)
+    cell = _cell(
+        server, f"{server.name} {per_request}/request", image_name, clients, measured, load, per_request
+    )
+    print(f"  {row(cell)} load {load:.1f}", file=sys.stderr, flush=True)
+    return cell
+
+
 def page_cell(server: Process, image_name: str, body: bytes, clients: int, seconds: float) -> Cell:
     """The page's queue: ``clients`` gradio_client users of the Classify event (server "<name> page")."""
     load = os.getloadavg()[0]
@@ -344,6 +393,7 @@ def _cell(
     clients: int,
     measured: tuple[list[float], int, float],
     load: float,
+    per_request: int = 1,
 ) -> Cell:
     latencies, errors, wall = measured
     return Cell(
@@ -353,12 +403,13 @@ def _cell(
         requests=len(latencies),
         errors=errors,
         seconds=round(wall, 2),
-        images_per_s=round((len(latencies) - errors) / wall, 2),
+        images_per_s=round(per_request * (len(latencies) - errors) / wall, 2),
         p50_ms=round(1000 * percentile(latencies, 50), 1),
         p95_ms=round(1000 * percentile(latencies, 95), 1),
         p99_ms=round(1000 * percentile(latencies, 99), 1),
         peak_rss_mb=server.peak_rss_mb(),
         load=round(load, 2),
+        per_request=per_request,
     )
 
 
@@ -369,22 +420,15 @@ def measure_bare(model: Path, seconds: float) -> dict[str, object]:
     What no server can beat on this machine; the gap to the served cells is what serving costs.
     """
     from space.bake.speed import measure_speed
-    from space.serving.pipeline import Runtime
+    from space.serving.service import ClassificationService
     from space.settings import Settings
 
-    runtime = Runtime(Settings(model=str(model)))
-    runtime.load()
-    assert runtime.batcher is not None
-    runtime.batcher.close()  # only the backend is measured; its worker threads would outlive this
-    plan = runtime.plan
-    speed = measure_speed(
-        runtime.classifier.backend,
-        runtime.classifier.info.image_size,
-        plan["workers"],
-        plan["max_batch"],
-        seconds,
-    )
-    return {"backend": runtime.classifier.info.backend, **speed}
+    service = ClassificationService(Settings(model=str(model)))
+    service.load()
+    model_, plan = service.model, service.plan
+    service.close()  # only the backend is measured; the batcher's threads would outlive this
+    speed = measure_speed(model_.backend, model_.info.image_size, plan.workers, plan.max_batch, seconds)
+    return {"backend": model_.info.backend, **speed}
 
 
 HEADER = (

@@ -1,6 +1,6 @@
-"""What CPU this process may use and what it offers: thread counts and the order backends are tried in.
+"""What CPU this process may use and what it offers: how many CPUs, its flags and its name.
 
-Why here: the serving plan (threads, workers) and the bake step's backend choice both depend on it, and
+Why here: the serving plan (threads, workers) and the bake step's runtime choice both depend on it, and
 neither should import the other to learn it.
 """
 
@@ -55,24 +55,3 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     except OSError:
         pass
     return "unknown"
-
-
-def candidates(flags: set[str] | None = None) -> list[tuple[str, str]]:
-    """The (backend, precision) pairs ``bake --optimize auto`` measures; it keeps the fastest that passes
-    the accuracy guard (this order only breaks ties).
-
-    Only the runtimes the serving image carries (OpenVINO, ONNX Runtime; PyTorch must be asked for).
-    bf16 only where the CPU computes in it (AVX512-BF16 or AMX): elsewhere it would be fp32 again. Every
-    pair runs on any x86-64 CPU, and the fp32 ones, last, always pass the guard: the safe fallback.
-    """
-    flags = cpu_flags() if flags is None else flags
-    order = [("openvino", "int8")]
-    if flags & {"avx512_bf16", "amx_bf16"}:
-        order.append(("openvino", "bf16"))
-    order += [
-        ("openvino", "int8-weights"),
-        ("onnxruntime", "int8"),
-        ("openvino", "fp32"),
-        ("onnxruntime", "fp32"),
-    ]
-    return order

@@ -1,17 +1,18 @@
-"""Admission control: a bounded number of predictions in flight, a time limit on each, and clean refusals.
+"""Admission control: a bounded number of images in flight, a time limit on each request, clean refusals.
 
-A public endpoint must not queue without limit, nor spend on work it will refuse: the API takes its slot
-*before* reading the request body (:meth:`Admission.slot`), so past ``max_in_flight`` admitted predictions
-a new one is refused at once with 503, ``Retry-After`` and ``Connection: close``, its upload unread (the
-client retries, or a load balancer tries another replica). Admitted work waits in this module's small
-thread pool (few threads: decoding and preprocessing hold the GIL part of the time, and many threads
-would slow the event loop that answers the 503s); work that cannot start within ``queue_timeout_s`` is
-refused with 503 too, rather than queued for seconds, and one that takes longer than
-``request_timeout_s`` in all is answered 504. Work dropped before it started frees its slot at once; work
-already running keeps its slot until its thread finishes, so the bound holds even for work the client
-stopped waiting for. An explanation takes several slots at once (its ``weight``: its forward passes,
-capped), so it cannot starve ``/predict``. How inference is scheduled behind this (one model lock, a
-batcher) does not matter here: callers hand in a plain blocking function.
+A public endpoint must not queue without limit, nor spend on work it will refuse. The bound counts
+images, not requests: a request of N images holds N slots. The API takes one slot *before* reading the
+request body (:meth:`Admission.slot`), so past ``max_in_flight`` a new request is refused at once with
+503, ``Retry-After`` and ``Connection: close``, its upload unread; once the body says how many images
+it holds, the slot grows to that many (:meth:`Slot.grow`) or the request is refused whole. Admitted
+work waits in this module's small thread pool (few threads: decoding and preprocessing hold the GIL part
+of the time, and many threads would slow the event loop that answers the 503s); work that cannot start
+within ``queue_timeout_s`` is refused with 503 too, rather than queued for seconds, and one that takes
+longer than ``request_timeout_s`` in all is answered 504. Work dropped before it started frees its
+slots at once; work already running keeps them until its thread finishes, so the bound holds even for
+work the client stopped waiting for. An explanation takes several slots (its ``weight``: its forward
+passes, capped), so it cannot starve predictions. How inference is scheduled behind this does not
+matter here: callers hand in a plain blocking function.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ class Slot:
         self._weight = weight
         self._held = True
 
+    def grow(self, weight: int, body_unread: bool = False) -> None:
+        """Hold ``weight`` slots in all (the request's images, once its body says how many), taking the
+        extra ones at once or raising :class:`Overloaded`; the slots already held stay until the caller
+        is done. ``body_unread``: refused with the rest of the body still on its way."""
+        if weight > self._weight:
+            self._admission.enter(weight - self._weight, body_unread)
+            self._weight = weight
+
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` in a worker thread, within the start bound and the time limit."""
         self._held = False  # handed to the worker thread, which frees it when the work ends
@@ -63,7 +72,7 @@ class Slot:
 
 
 class Admission:
-    """A non-blocking counter of admitted predictions, shared by the API and the UI."""
+    """A non-blocking counter of admitted images, shared by every front door."""
 
     def __init__(
         self, limit: int, timeout_s: float, workers: int = DEFAULT_WORKERS, queue_timeout_s: float = 2.0
@@ -166,7 +175,7 @@ class Admission:
             self.leave(weight)
 
     def busy_message(self) -> str:
-        return f"The server is busy ({self.limit} predictions in progress); retry in {RETRY_AFTER_S} s."
+        return f"The server is busy (its {self.limit} image slots are taken); retry in {RETRY_AFTER_S} s."
 
     def _queue_message(self) -> str:
         return (

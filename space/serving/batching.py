@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 
@@ -52,8 +52,8 @@ class Batcher:
     @contextmanager
     def coming(self) -> Iterator[None]:
         """Around a request's decoding: while it lasts, a batch being gathered waits (within the bound)
-        for this request too. Measured with OpenVINO under 16 clients: without it, batches closed at 2
-        images while 6 more were still being decoded, and small batches cost up to 30% more per image."""
+        for this request too. Without it, batches closed at two images while more were still being
+        decoded, and small batches cost more per image."""
         with self._lock:
             self._coming += 1
         try:
@@ -68,9 +68,9 @@ class Batcher:
         self._queue.put((pixels, future))
         return future.result()
 
-    def submit_many(self, pixels: np.ndarray) -> np.ndarray:
-        """The rows for several inputs (N, C, H, W), queued together (an explanation's chunk of masked
-        copies): they share batches, and requests queued after them wait for this chunk only."""
+    def submit_many(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """The rows for several inputs (each C, H, W), queued together (a request's images, or an
+        explanation's chunk of masked copies): they share batches with every other request's."""
         futures: list[Future[np.ndarray]] = []
         for item in pixels:
             future: Future[np.ndarray] = Future()

@@ -2,8 +2,8 @@
 
 The work is split so that each part can change alone: the model's own processor turns images into
 pixel arrays (transformers' PIL/numpy processors: no torch needed), a *backend* turns a batch of pixel
-arrays into logits (:mod:`space.backends`), and :class:`Classifier` turns logits into sorted labels.
-``classify`` takes a list of images so that requests can be batched in front of it.
+arrays into logits (:mod:`space.backends`), and :class:`Classifier` turns logits into scores and sorted
+labels. The service (:mod:`space.serving.service`) puts decoding, batching and admission around it.
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ import numpy as np
 from PIL import Image
 
 from space.backends import Backend
-from space.backends.choice import Choice, create_backend, resolve_choice, runtime_version
-from space.errors import BadParameter, ModelUnavailable
-from space.model.cpu import available_cpus
-from space.model.folder import read_bake_manifest, resolve_model
+from space.backends.choice import Choice, load_backend
+from space.errors import ModelUnavailable
+from space.model.folder import read_bake_manifest
 from space.serving import metrics
 
 log = logging.getLogger(__name__)
 
-# How logits become scores: transformers' ImageClassificationPipeline ``function_to_apply`` values.
-FUNCTIONS = ("sigmoid", "softmax", "none")
 # The blank image the processor is run on once to learn the input size it really produces.
 PROBE_SIZE = (640, 480)
 
@@ -38,6 +35,7 @@ PROBE_SIZE = (640, 480)
 class Prediction:
     label: str
     score: float
+    index: int  # the class index (the v2 protocol's classification answers name it)
 
 
 @dataclass
@@ -70,63 +68,38 @@ class Classifier:
         backend: Backend,
         id2label: dict[int, str],
         info: ModelInfo,
-        function_to_apply: str = "softmax",
     ) -> None:
         self.processor = processor
         self.backend = backend
         self.labels = [id2label[i] for i in range(len(id2label))]
         self.info = info
-        self.function_to_apply = check_function(function_to_apply)
+        self.function_to_apply = info.function_to_apply
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
-
-    def check_top_k(self, top_k: int) -> int:
-        """``top_k`` capped at the number of classes (as the pipeline does), else a 422 below 1."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise BadParameter(
-                f"top_k must be a whole number of at least 1 (this model has {self.num_labels} classes; "
-                f"more returns them all); got {top_k!r}."
-            )
-        return min(top_k, self.num_labels)
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The model's own processor configuration (resize, crop, normalise), as float32 NCHW."""
         batch = self.processor(images=list(images), return_tensors="np")["pixel_values"]
         return np.ascontiguousarray(batch, dtype=np.float32)
 
-    def classify(
-        self, images: Sequence[Image.Image], top_k: int, function_to_apply: str | None = None
-    ) -> list[list[Prediction]]:
-        """Top-``top_k`` labels for each image, highest score first (scores: see :meth:`top_k`)."""
-        top_k = self.check_top_k(top_k)
-        metrics.observe_batch(len(images))
-        logits = self.backend.logits(self.preprocess(images))
-        return [self.top_k(row, top_k, function_to_apply) for row in logits]
-
     def warm_up(self) -> None:
         """One inference on a blank image, so the first user does not pay for lazy initialisation."""
         height, width = self.info.image_size
-        self.classify([Image.new("RGB", (width, height), (127, 127, 127))], top_k=1)
+        metrics.observe_batch(1)
+        self.backend.logits(self.preprocess([Image.new("RGB", (width, height), (127, 127, 127))]))
 
-    def top_k(self, logits: np.ndarray, top_k: int, function_to_apply: str | None = None) -> list[Prediction]:
-        """Top-``top_k`` labels of one row of logits (also for the batcher), scored like transformers'
-        image-classification pipeline: ``function_to_apply`` or the model's default, ties in label order."""
-        values = scores(logits, function_to_apply or self.function_to_apply)
+    def scores(self, logits: np.ndarray, function_to_apply: str | None = None) -> np.ndarray:
+        """Rows of logits as scores, as transformers' image-classification pipeline computes them:
+        ``function_to_apply``, or the model's default."""
+        function = function_to_apply or self.function_to_apply
+        return np.stack([scores(row, function) for row in np.atleast_2d(logits)])
+
+    def top_k(self, values: np.ndarray, top_k: int) -> list[Prediction]:
+        """The ``top_k`` best of one row of scores (at most every class), ties in label order."""
         order = np.argsort(-values, kind="stable")[: min(top_k, self.num_labels)]
-        return [Prediction(self.labels[i], float(values[i])) for i in order]
-
-
-def check_function(value: object) -> str:
-    """A ``function_to_apply`` value (any case, as the pipeline accepts), else a 422 naming the three."""
-    if isinstance(value, str) and value.strip().lower() in FUNCTIONS:
-        return value.strip().lower()
-    raise BadParameter(
-        f"function_to_apply must be one of {', '.join(FUNCTIONS)} (sigmoid: independent probabilities, "
-        f"softmax: probabilities that sum to 1, none: raw logits); got {repr(value)[:80]}. Leave it out "
-        "for the model's default."
-    )
+        return [Prediction(self.labels[i], float(values[i]), int(i)) for i in order]
 
 
 def default_function(config: Any) -> str:
@@ -164,21 +137,6 @@ def processed_size(processor: Any, size: tuple[int, int] = PROBE_SIZE) -> tuple[
     return int(height), int(width)
 
 
-def load(
-    model: str,
-    revision: str | None = None,
-    threads: int | None = None,
-    backend: str = "torch",
-    precision: str = "fp32",
-    workers: int = 1,
-) -> Classifier:
-    """Load a model by id or folder (offline), warmed and ready to classify: resolves the folder and the
-    backend choice (``auto``: what the bake step exported, else fp32 PyTorch), then :func:`load_resolved`."""
-    path, commit = resolve_model(model, revision)
-    choice = resolve_choice(path, backend, precision)
-    return load_resolved(model, path, commit, choice, threads or available_cpus(), workers)
-
-
 def load_resolved(
     model: str, path: Path, commit: str | None, choice: Choice, threads: int, workers: int = 1
 ) -> Classifier:
@@ -200,7 +158,7 @@ def load_resolved(
             "The folder needs config.json (of an image-classification architecture), "
             "preprocessor_config.json and complete weights (model.safetensors); re-bake or re-download it."
         ) from None
-    engine = create_backend(path, choice, threads, workers)
+    engine = load_backend(path, choice, threads, workers)
     info = ModelInfo(
         model=model,
         revision=commit,
@@ -214,12 +172,12 @@ def load_resolved(
         optimized=choice.optimized,
         versions={
             "python": platform.python_version(),
-            **runtime_version(choice),
+            choice.runtime.package: choice.runtime.version(),
             "transformers": transformers.__version__,
         },
     )
     labels = {int(k): v for k, v in config.id2label.items()}
-    classifier = Classifier(processor, engine, labels, info, info.function_to_apply)
+    classifier = Classifier(processor, engine, labels, info)
     try:
         classifier.warm_up()
     except Exception as error:

@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from space.errors import BadParameter
 from space.serving import metrics
 from space.serving.admission import DeadlineExceeded
 from space.serving.classifier import Classifier, scores
+from space.serving.params import target_index
 
 METHOD = "occlusion"
 MID_GREY = (128, 128, 128)
-LABELS_HINT = "GET /labels lists this model's labels in index order"
 
 
 @dataclass
@@ -77,37 +76,6 @@ def cell_boxes(width: int, height: int, rows: int, cols: int) -> list[tuple[int,
     return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(rows) for c in range(cols)]
 
 
-def resolve_target(labels: list[str], target: object, probabilities: np.ndarray | None = None) -> int:
-    """The class index to explain: top-1 when ``target`` is None, else a label (exact, then any case) or an
-    index (an int, or a string of digits that is not itself a label). 422 when it names no class."""
-    if target is None or target == "":
-        assert probabilities is not None, "the top class needs the probabilities"
-        return int(np.argmax(probabilities))
-    count = len(labels)
-    if isinstance(target, str):
-        if target in labels:
-            return labels.index(target)
-        folded = [label.casefold() for label in labels]
-        if target.strip().casefold() in folded:
-            return folded.index(target.strip().casefold())
-        if not target.strip().lstrip("-").isdigit():
-            raise BadParameter(
-                f"target {target!r} is not a label of this model. Give a label exactly as {LABELS_HINT}, "
-                f"or a class index from 0 to {count - 1}; omit it to explain the top class."
-            )
-        target = int(target.strip())
-    if isinstance(target, bool) or not isinstance(target, int):
-        raise BadParameter(
-            f"target must be a label (string) or a class index (whole number); got {target!r}. {LABELS_HINT}."
-        )
-    if not 0 <= target < count:
-        raise BadParameter(
-            f"target index {target} is out of range: this model has {count} classes, 0 to {count - 1}. "
-            f"{LABELS_HINT}."
-        )
-    return target
-
-
 def working_copy(image: Image.Image, max_edge: int) -> Image.Image:
     """The image at most ``max_edge`` on its longer side: the processor resizes far below that anyway, and
     every occluded copy is preprocessed, so a 12 MP upload must not be copied rows*cols times."""
@@ -121,7 +89,7 @@ def working_copy(image: Image.Image, max_edge: int) -> Image.Image:
 def explain(
     classifier: Classifier,
     image: Image.Image,
-    target: object = None,
+    target: str | int | None = None,
     grid: int = 7,
     chunk: int = 8,
     deadline: float | None = None,
@@ -138,13 +106,12 @@ def explain(
     """
     run = run or metrics.counted(classifier.backend.logits)
     started = time.perf_counter()
-    named = target is not None and target != ""
-    index = resolve_target(classifier.labels, target) if named else None  # a bad target costs no pass
+    index = target_index(target, classifier.labels)  # before any pass: a bad target costs none
     work = working_copy(image, max_edge)
     base = classifier.preprocess([work])
     function = classifier.function_to_apply  # the model's own scores, as /predict gives by default
     probabilities = scores(run(base)[0], function)
-    index = resolve_target(classifier.labels, target, probabilities) if index is None else index
+    index = int(np.argmax(probabilities)) if index is None else index
     score = float(probabilities[index])
     passes = 1
     fill = fill_colour(classifier.processor)

@@ -26,15 +26,33 @@ class ImageLimits:
     max_pixels: int = 40_000_000
 
 
+ImageSource = bytes | Path | Image.Image  # what a front door hands the service: bytes, a file, or pixels
+
+
+def load_image(
+    source: ImageSource, limits: ImageLimits, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """The RGB image in ``source``, with the same checks whatever the front door."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, Path):
+        return read_file(source, limits, draft_size)
+    return decode(source, limits, draft_size)
+
+
 def read_file(
     path: str | Path, limits: ImageLimits, draft_size: tuple[int, int] | None = None
 ) -> Image.Image:
     """Decode an image file from disk (the UI's uploads and the CLI) with the same checks as the API."""
     path = Path(path)
-    size = path.stat().st_size
-    if size > limits.max_bytes:
-        raise TooLarge(_too_many_bytes(size, limits))
-    return decode(path.read_bytes(), limits, draft_size)
+    try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise TooLarge(_too_many_bytes(size, limits))
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadImage(f"Cannot read {path}: {error.strerror or error}.") from None
+    return decode(data, limits, draft_size)
 
 
 def decode(data: bytes, limits: ImageLimits, draft_size: tuple[int, int] | None = None) -> Image.Image:
@@ -119,3 +137,15 @@ def _reason(error: Exception) -> str:
         return "its bytes match none of the supported formats"
     text = str(error).strip() or type(error).__name__
     return text if len(text) <= 200 else text[:200] + "..."
+
+
+def draft_size(processor: object) -> tuple[int, int]:
+    """How small a JPEG may be decoded: twice the largest edge the processor resizes to, so that its own
+    resize (which antialiases) still does the final reduction and top-1 does not change."""
+    edges = [224]
+    for name in ("size", "crop_size"):
+        value = getattr(processor, name, None) or {}
+        value = value if isinstance(value, dict) else dict(value)
+        edges += [int(v) for v in value.values() if isinstance(v, int | float)]
+    edge = 2 * max(edges)
+    return edge, edge

@@ -6,7 +6,8 @@ They live in prometheus-client's default registry (one set per process); ``/metr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -20,7 +21,7 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 QUEUE_DEPTH = Gauge(
-    "space_queue_depth", "Requests waiting for the model or in the batch it is running (request batcher)."
+    "space_queue_depth", "Images waiting for the model or in the batch it is running (request batcher)."
 )
 
 # Explanations (space/serving/explain.py): each costs many forward passes, so they are counted apart.
@@ -53,3 +54,13 @@ def counted(run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], n
         return run(pixel_values)
 
     return run_counted
+
+
+@contextmanager
+def waiting(images: int) -> Iterator[None]:
+    """``images`` in the queue depth while they wait for, and run in, the model."""
+    QUEUE_DEPTH.inc(images)
+    try:
+        yield
+    finally:
+        QUEUE_DEPTH.dec(images)

@@ -29,18 +29,19 @@ LOG_EVERY_S = 1.0
 
 
 class AdmissionDoor:
-    """Answer ``POST`` to the model's routes with 503 at once while ``admission`` is full."""
+    """Answer ``POST`` to the model's routes with 503 at once while ``admission`` is full;
+    ``model_route(path)`` is the route's template for those routes (the metrics' label), else None."""
 
     def __init__(
         self,
         app: ASGIApp,
         admission: Admission,
-        routes: frozenset[str],
+        model_route: Callable[[str], str | None],
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
         self.admission = admission
-        self.routes = routes
+        self.model_route = model_route
         self.on_refused = on_refused
         self.body = json.dumps({"error": admission.busy_message()}).encode()
         self.headers = [
@@ -53,18 +54,16 @@ class AdmissionDoor:
         self.logged_at = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or not self.admission.full()
-            or scope["method"] != "POST"
-            or scope["path"] not in self.routes
-        ):
+        route = None
+        if scope["type"] == "http" and self.admission.full() and scope["method"] == "POST":
+            route = self.model_route(scope["path"])
+        if route is None:
             await self.app(scope, receive, send)
             return
         headers = [*self.headers, (b"x-request-id", uuid.uuid4().hex.encode())]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
-        self._count(scope["path"])
+        self._count(route)
 
     def _count(self, route: str) -> None:
         if self.on_refused is not None:

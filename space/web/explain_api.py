@@ -10,18 +10,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from space.errors import NotReady
-from space.serving.explainer import Explainer
+from space.errors import BadParameter
+from space.serving import params
 from space.serving.overlay import overlay, png_bytes
 from space.web import routes
-from space.web.bodies import ACCEPTED, image_request_body, read_image
+from space.web.bodies import ACCEPTED, image_request_body, read_images
+from space.web.deps import BodyLimitsDep, ServiceDep
 
 router = APIRouter()
-
-TARGET_HELP = (
-    "The class to explain: a label exactly as GET /labels lists it, or a class index (default: the top "
-    "class). Also accepted as the JSON parameter `target`."
-)
 
 
 class ExplanationBody(BaseModel):
@@ -38,10 +34,6 @@ class ExplanationBody(BaseModel):
 
 class Labels(BaseModel):
     labels: list[str]
-
-
-def get_explainer(request: Request) -> Explainer:
-    return request.app.state.explainer
 
 
 @router.post(
@@ -62,29 +54,30 @@ def get_explainer(request: Request) -> Explainer:
 )
 async def explain(
     request: Request,
-    target: Annotated[str | None, Query(description=TARGET_HELP)] = None,
+    service: ServiceDep,
+    limits: BodyLimitsDep,
+    target: Annotated[
+        str | None, Query(description=params.TARGET_HELP + " Also the JSON parameter `target`.")
+    ] = None,
     output: Annotated[
         Literal["json", "png"],
         Query(alias="format", description="json: the grid; png: the image with the map laid over it."),
     ] = "json",
 ) -> Any:
     """Where the model looked: an occlusion map (each cell: how much hiding it lowers the class's score)."""
-    explainer = get_explainer(request)
-    runtime = explainer.runtime
-    if not runtime.ready:
-        raise NotReady("The model is still loading; retry in a few seconds.")
     # Admission first, as for /predict: when full, 503 at once and the body is never read.
-    with request.app.state.admission.slot(explainer.weight) as slot:
-        data, parameters = await read_image(request, runtime.limits.max_bytes)
-        if target is None:
-            target = parameters.get("target")
-        explanation, image = await explainer.run_bytes(data, target, slot)
+    with service.reserve(service.explain_weight) as slot:
+        body = await read_images(request, limits)
+        if body.many:
+            raise BadParameter("/explain explains one image per request; send one.")
+        asked = params.parse({"target": target}, body.parameters, accepted=params.EXPLAIN)
+        explanation, image = await service.explain(body.images[0], asked, slot)
     if output == "png":
         return Response(png_bytes(overlay(image, explanation.grid)), media_type="image/png")
     return explanation.as_dict()
 
 
 @router.get("/labels", tags=["health"], response_model=Labels, responses={503: {"model": routes.ErrorBody}})
-def labels(request: Request) -> dict[str, list[str]]:
+def labels(service: ServiceDep) -> dict[str, list[str]]:
     """This model's labels in class-index order: what /explain's ``target`` may name."""
-    return {"labels": list(get_explainer(request).runtime.classifier.labels)}
+    return {"labels": list(service.labels)}

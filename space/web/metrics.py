@@ -2,7 +2,7 @@
 queue depth, explanations: :mod:`space.serving.metrics`), and the model served.
 
 Counters live in prometheus-client's default registry (one set per process, with its process metrics);
-what describes the loaded model is read from the runtime at scrape time, so loading needs no hook.
+what describes the loaded model is read from the service at scrape time, so loading needs no hook.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from space.web import logs
 if TYPE_CHECKING:
     from starlette.responses import Response
 
-    from space.serving.pipeline import Runtime
+    from space.serving.service import ClassificationService
 
 # Route label for requests that matched no route (404s, probes for random paths): keeps cardinality bounded.
 UNMATCHED = "unmatched"
@@ -60,15 +60,15 @@ def observe_refusal(route: str) -> None:
 
 
 class ModelCollector(Collector):
-    """What the runtime serves, read at scrape time: model id, revision, backend, load time, readiness."""
+    """What the service serves, read at scrape time: model id, revision, backend, load time, readiness."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, service: ClassificationService) -> None:
+        self.service = service
 
     def collect(self) -> Iterator[Metric]:
-        info = self.runtime.info
+        info = self.service.info
         ready = GaugeMetricFamily("space_model_ready", "1 once the model is loaded and warmed up, else 0.")
-        ready.add_metric([], 1.0 if self.runtime.ready else 0.0)
+        ready.add_metric([], 1.0 if self.service.ready else 0.0)
         yield ready
         if info is None:
             return
@@ -91,12 +91,12 @@ class ModelCollector(Collector):
         yield model
 
 
-def metrics_endpoint(runtime: Runtime) -> Any:
+def metrics_endpoint(service: ClassificationService) -> Any:
     """The ``GET /metrics`` handler: process-wide metrics plus this app's model metrics."""
     from starlette.responses import Response
 
     model_registry = CollectorRegistry(auto_describe=False)
-    model_registry.register(ModelCollector(runtime))
+    model_registry.register(ModelCollector(service))
 
     def metrics() -> Response:
         body = generate_latest(REGISTRY) + generate_latest(model_registry)

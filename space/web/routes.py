@@ -1,29 +1,22 @@
-"""HTTP routes: ``POST /predict`` (the Hugging Face Inference API's image-classification contract),
-health, readiness and model info. Bodies are read by :mod:`space.web.bodies`; every user mistake becomes
-a 4xx ``{"error": ...}`` (:mod:`space.web.errors`)."""
+"""HTTP routes: ``POST /predict`` (the Hugging Face Inference API's image-classification contract, one image
+or a list), health, readiness and model info. Bodies are read by :mod:`space.web.bodies`, parameters by
+:mod:`space.serving.params`; every user mistake becomes a 4xx ``{"error": ...}`` (:mod:`space.web.errors`)."""
 
 from __future__ import annotations
 
 import platform
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from space import __version__
-from space.errors import NotReady
-from space.serving.classifier import FUNCTIONS, check_function
-from space.serving.pipeline import Runtime
-from space.web.bodies import ACCEPTED, image_request_body, parse_top_k, read_image
+from space.serving import params
+from space.web.bodies import ACCEPTED, image_request_body, read_images
+from space.web.deps import BodyLimitsDep, ServiceDep
 
 router = APIRouter()
-
-FUNCTION_HELP = (
-    "How logits become scores, as in transformers' image-classification pipeline: sigmoid, softmax or "
-    "none (raw logits). Default: the model's own (sigmoid for multi-label or one-label models, none for "
-    "regression, else softmax)."
-)
 
 
 class Label(BaseModel):
@@ -35,13 +28,6 @@ class ErrorBody(BaseModel):
     error: str
 
 
-def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
 @router.get("/healthz", tags=["health"])
 def healthz() -> dict[str, str]:
     """Liveness: the process is up and serving HTTP (the model may still be loading)."""
@@ -49,26 +35,29 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
-def readyz(runtime: RuntimeDep) -> JSONResponse:
+def readyz(service: ServiceDep) -> JSONResponse:
     """Readiness: 200 once the model is loaded and warmed, 503 before."""
-    if not runtime.ready:
+    if not service.ready:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
     return JSONResponse({"status": "ready"})
 
 
 @router.get("/info", tags=["health"])
-def info(runtime: RuntimeDep) -> dict[str, Any]:
+def info(service: ServiceDep) -> dict[str, Any]:
     """What is being served: model id, revision, labels, backend, versions, and the bake manifest."""
-    model = runtime.info
+    model = service.info
+    settings = service.settings
     return {
         "app": "vit-space",
         "version": __version__,
-        "ready": runtime.ready,
-        "model": model.as_dict() if model else {"model": runtime.settings.model},
+        "ready": service.ready,
+        "model": model.as_dict() if model else {"model": settings.model},
+        "name": service.name,
         "settings": {
-            "top_k": runtime.settings.top_k,
-            "max_upload_mb": runtime.settings.max_upload_mb,
-            "max_pixels": runtime.settings.max_pixels,
+            "top_k": settings.top_k,
+            "max_upload_mb": settings.max_upload_mb,
+            "max_pixels": settings.max_pixels,
+            "max_images_per_request": settings.max_images_per_request,
         },
         "python": platform.python_version(),
     }
@@ -79,41 +68,34 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+FUNCTION_SCHEMA = {"type": "string", "enum": list(params.FUNCTIONS), "description": params.FUNCTION_HELP}
+
+
 @router.post(
     "/predict",
     tags=["inference"],
-    response_model=list[Label],
+    response_model=list[Label] | list[list[Label]],
     responses=ERROR_RESPONSES,
     openapi_extra=image_request_body(
-        ACCEPTED,
-        {
-            "top_k": {"type": "integer", "minimum": 1},
-            "function_to_apply": {"type": "string", "enum": list(FUNCTIONS), "description": FUNCTION_HELP},
-        },
+        ACCEPTED, {"top_k": {"type": "integer", "minimum": 1}, "function_to_apply": FUNCTION_SCHEMA}
     ),
 )
 async def predict(
     request: Request,
-    runtime: RuntimeDep,
-    top_k: Annotated[
-        str | None,
-        Query(
-            description="How many classes to return (default: SPACE_TOP_K; more than the model has "
-            "returns them all)."
-        ),
-    ] = None,
+    service: ServiceDep,
+    limits: BodyLimitsDep,
+    top_k: Annotated[str | None, Query(description=params.TOP_K_HELP)] = None,
     function_to_apply: Annotated[
-        str | None, Query(description=FUNCTION_HELP, json_schema_extra={"enum": list(FUNCTIONS)})
+        str | None,
+        Query(description=params.FUNCTION_HELP, json_schema_extra={"enum": list(params.FUNCTIONS)}),
     ] = None,
-) -> list[dict[str, Any]]:
-    """Classify one image; returns ``[{"label": ..., "score": ...}, ...]``, highest score first."""
-    if not runtime.ready:
-        raise NotReady("The model is still loading; retry in a few seconds.")
+) -> Any:
+    """Classify one image (``[{"label": ..., "score": ...}, ...]``, highest score first), or a list of
+    images (a list of such lists, in order)."""
     # Admission first (space/serving/admission.py): when full, 503 at once and the body is never read.
-    with request.app.state.admission.slot() as slot:
-        image, parameters = await read_image(request, runtime.limits.max_bytes)
-        k = parse_top_k(top_k if top_k is not None else parameters.get("top_k"))
-        function = function_to_apply if function_to_apply is not None else parameters.get("function_to_apply")
-        function = None if function is None else check_function(function)
-        predictions = await slot.run(runtime.classify_bytes, image, k, function)
-    return [{"label": p.label, "score": p.score} for p in predictions]
+    with service.reserve() as slot:
+        body = await read_images(request, limits)
+        query = {"top_k": top_k, "function_to_apply": function_to_apply}  # the query string wins
+        rankings = await service.classify(body.images, params.parse(query, body.parameters), slot)
+    answers = [[{"label": p.label, "score": p.score} for p in ranking] for ranking in rankings]
+    return JSONResponse(answers if body.many else answers[0])

@@ -26,7 +26,9 @@ from space.settings import Settings
 # what a browser needs to *show* the login form (measured with Chromium): the page shell, which Gradio
 # fills with the login form alone until the session is logged in, the login itself, and the page's
 # scripts, styles and theme, which ship inside the gradio package and hold nothing of this server's.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/login", "/theme.css"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/", "/login", "/theme.css"}
+)
 OPEN_PREFIXES = ("/assets/", "/static/")
 
 

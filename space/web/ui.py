@@ -1,4 +1,5 @@
-"""The Gradio page: upload (or webcam, or paste) an image, see the top classes. Thin: it calls the runtime."""
+"""The Gradio page: upload (or webcam, or paste) an image, see the top classes and where the model looked;
+or classify many files at once (:mod:`space.web.bulk`). Thin: every event calls the service."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import Any
 
 import gradio as gr
 
-from space.errors import NotReady, UserError
-from space.serving.admission import Admission, DeadlineExceeded, Overloaded
-from space.serving.explainer import Explainer
+from space.errors import UserError
+from space.serving import params
 from space.serving.overlay import legend, overlay
-from space.serving.pipeline import Runtime
+from space.serving.service import ClassificationService
+from space.web.bulk import bulk_tab
+from space.web.errors import REFUSALS, page_error
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Photos that the gradio package itself ships, so the page has examples even with none configured.
@@ -37,11 +39,11 @@ def find_examples(folder: Path) -> list[Path]:
     return [bundled / name for name in FALLBACK_EXAMPLES if (bundled / name).is_file()]
 
 
-def model_summary(runtime: Runtime) -> str:
+def model_summary(service: ClassificationService) -> str:
     """One line naming the model and its revision; re-read on every page load (the model loads late)."""
-    info = runtime.info
+    info = service.info
     if info is None:
-        return f"Model **{runtime.settings.model}**: loading, ready in a few seconds."
+        return f"Model **{service.settings.model}**: loading, ready in a few seconds."
     bake = info.bake or {}
     name = str(bake.get("model_id") or info.model)
     if Path(name).is_absolute():  # a local folder: its name, not this server's file layout
@@ -54,19 +56,19 @@ def model_summary(runtime: Runtime) -> str:
     )
 
 
-def user_error(message: str) -> gr.Error:
-    """A message shown in the page; no traceback in the server log, since the user caused it."""
-    return gr.Error(message, print_exception=False)
+def image_path(image: Any) -> Path:
+    """The uploaded file (an unprocessed event payload), or a readable error when there is none."""
+    path = image.get("path") if isinstance(image, dict) else image
+    if not path:
+        raise page_error(UserError("Upload an image, take one with the webcam, or click an example first."))
+    return Path(path)
 
 
-def build_ui(
-    runtime: Runtime, admission: Admission | None = None, explainer: Explainer | None = None
-) -> gr.Blocks:
+def build_ui(service: ClassificationService) -> gr.Blocks:
     """The page. Errors a user causes show as readable messages in the page."""
-    settings = runtime.settings
-    explainer = explainer or Explainer(runtime, admission)
+    settings = service.settings
 
-    def classify(image: Any, top_k: float) -> tuple[dict[str, float], str]:
+    async def classify(image: Any, top_k: float) -> tuple[dict[str, float], str]:
         """Classify an image with the model served by this app: its most likely classes, best first.
 
         Args:
@@ -80,23 +82,16 @@ def build_ui(
         """
         # Unprocessed event payload (preprocess=False): an unreadable file reaches our checks and gets
         # their message, instead of Gradio's own decoding error naming a temporary path.
-        image_path = image.get("path") if isinstance(image, dict) else image
-        if not image_path:
-            raise user_error("Upload an image, take one with the webcam, or click an example first.")
+        path = image_path(image)
         started = time.perf_counter()
         try:
-            if admission is None:
-                predictions = runtime.classify_file(image_path, int(top_k))
-            else:  # the same in-flight bound as the API (space/admission.py)
-                predictions = admission.run_sync(runtime.classify_file, image_path, int(top_k))
-        except (Overloaded, DeadlineExceeded, NotReady) as error:
-            raise user_error(str(error)) from None
-        except UserError as error:
-            raise user_error(error.message) from None
+            [ranking] = await service.classify([path], params.parse({"top_k": top_k}))
+        except REFUSALS as error:
+            raise page_error(error) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
-        return {p.label: p.score for p in predictions}, f"Inference time: {elapsed_ms:.0f} ms"
+        return {p.label: p.score for p in ranking}, f"Inference time: {elapsed_ms:.0f} ms"
 
-    def explain(image: Any, target: str | None) -> tuple[Any, str, dict[str, Any]]:
+    async def explain(image: Any, target: str | None) -> tuple[Any, str, dict[str, Any]]:
         """Show where the model looked in an image: an occlusion map of one class's score.
 
         Each cell of a grid over the image is hidden in turn (painted in the model's mean colour); a
@@ -112,15 +107,12 @@ def build_ui(
             The image with the map laid over it (red: hiding this region lowers the score most), a
             caption, and the class, its score and the grid (rows top to bottom, values in [0, 1]).
         """
-        image_path = image.get("path") if isinstance(image, dict) else image
-        if not image_path:
-            raise user_error("Upload an image, take one with the webcam, or click an example first.")
+        path = image_path(image)
         try:
-            explanation, picture = explainer.run_file(image_path, target or None)
-        except (Overloaded, DeadlineExceeded, NotReady) as error:
-            raise user_error(str(error)) from None
-        except UserError as error:
-            raise user_error(error.message) from None
+            asked = params.parse({"target": target}, accepted=params.EXPLAIN)
+            explanation, picture = await service.explain(path, asked)
+        except REFUSALS as error:
+            raise page_error(error) from None
         return overlay(picture, explanation.grid), legend(explanation), explanation.as_dict()
 
     def explainable(result: Any) -> tuple[Any, None, str]:
@@ -133,56 +125,62 @@ def build_ui(
     examples = find_examples(settings.examples_dir)
     with gr.Blocks(title="Image Classification with Vision Transformers", analytics_enabled=False) as page:
         gr.Markdown("# Image Classification with Vision Transformers")
-        summary = gr.Markdown(model_summary(runtime), elem_id="model-summary")
-        with gr.Row(equal_height=False):
-            with gr.Column():
-                image = gr.Image(
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "webcam", "clipboard"],
-                    label="Image",
-                    elem_id="image",
-                )
-                top_k = gr.Slider(
-                    1,
-                    MAX_CLASSES_SHOWN,
-                    value=min(settings.top_k, MAX_CLASSES_SHOWN),
-                    step=1,
-                    label="Classes to show",
-                    elem_id="top-k",
-                )
-                submit = gr.Button("Classify", variant="primary", elem_id="classify")
-            with gr.Column():
-                label = gr.Label(label="Top classes", elem_id="top-classes")
-                timing = gr.Markdown(elem_id="inference-time")
-                # Issue 17: where the model looked, for the top class or another one of the result.
-                with gr.Row(equal_height=True):
-                    target = gr.Dropdown(
-                        choices=[],
-                        value=None,
-                        allow_custom_value=True,
-                        label="Class to explain",
-                        elem_id="explain-target",
-                        scale=3,
+        summary = gr.Markdown(model_summary(service), elem_id="model-summary")
+        with gr.Tab("One image", id="one"):
+            with gr.Row(equal_height=False):
+                with gr.Column():
+                    image = gr.Image(
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "webcam", "clipboard"],
+                        label="Image",
+                        elem_id="image",
                     )
-                    show = gr.Button("Show where it looked", elem_id="explain", scale=1)
-                # What the explain event (and its MCP tool) reads: any label or index, not only the picker's.
-                target_text = gr.Textbox(visible=False, label="Class to explain (label or index)")
-                heatmap = gr.Image(
-                    type="pil", format="png", interactive=False, label="Where it looked", elem_id="heatmap"
-                )
-                caption = gr.Markdown(elem_id="explain-legend")
-                explained = gr.JSON(visible=False, label="Explanation", elem_id="explain-data")
-        picked = gr.Examples(
-            [[str(path)] for path in examples],
-            inputs=[image],
-            label="Examples (click one to classify it)",
-            cache_examples=False,
-            examples_per_page=24,
-            api_visibility="private",
-        )
+                    top_k = gr.Slider(
+                        1,
+                        MAX_CLASSES_SHOWN,
+                        value=min(settings.top_k, MAX_CLASSES_SHOWN),
+                        step=1,
+                        label="Classes to show",
+                        elem_id="top-k",
+                    )
+                    submit = gr.Button("Classify", variant="primary", elem_id="classify")
+                with gr.Column():
+                    label = gr.Label(label="Top classes", elem_id="top-classes")
+                    timing = gr.Markdown(elem_id="inference-time")
+                    # Issue 17: where the model looked, for the top class or another one of the result.
+                    with gr.Row(equal_height=True):
+                        target = gr.Dropdown(
+                            choices=[],
+                            value=None,
+                            allow_custom_value=True,
+                            label="Class to explain",
+                            elem_id="explain-target",
+                            scale=3,
+                        )
+                        show = gr.Button("Show where it looked", elem_id="explain", scale=1)
+                    # What the explain event and its MCP tool read: any label or index, not only the picker's
+                    target_text = gr.Textbox(visible=False, label="Class to explain (label or index)")
+                    heatmap = gr.Image(
+                        type="pil",
+                        format="png",
+                        interactive=False,
+                        label="Where it looked",
+                        elem_id="heatmap",
+                    )
+                    caption = gr.Markdown(elem_id="explain-legend")
+                    explained = gr.JSON(visible=False, label="Explanation", elem_id="explain-data")
+            picked = gr.Examples(
+                [[str(path)] for path in examples],
+                inputs=[image],
+                label="Examples (click one to classify it)",
+                cache_examples=False,
+                examples_per_page=24,
+                api_visibility="private",
+            )
+        bulk_tab(service)
         # Private: page furniture, not a tool for API or MCP clients.
-        page.load(lambda: model_summary(runtime), None, summary, api_visibility="private", queue=False)
+        page.load(lambda: model_summary(service), None, summary, api_visibility="private", queue=False)
         outputs = [label, timing]
         submit.click(classify, [image, top_k], outputs, api_name="classify", preprocess=False)
         picked.load_input_event.then(
