@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine and then act:
 #   make run    create .venv, install, bake the model if needed, serve on http://127.0.0.1:7860
 #   make test   create .venv, install (plus test tools), run the whole test suite
+# and one for a developer's loop:
+#   make check  ruff, and every test that starts no server, bakes nothing and opens no browser
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
@@ -18,7 +20,7 @@ BAKED := models/$(notdir $(patsubst %/,%,$(MODEL)))
 # The examples (alligator, laptop) are the guard's photos; static int8 calibrates on others.
 OPTIMIZE ?= auto
 
-.PHONY: install run test lint test-deps container-test clean
+.PHONY: install run test check lint test-deps container-test clean
 
 $(VENV)/.installed: pyproject.toml
 	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
@@ -51,6 +53,11 @@ test-deps: install
 test: test-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The fast lane: the slices `server`, `bake` and `browser` (pytest markers) are left out.
+check: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not server and not bake and not browser"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -333,7 +333,7 @@ else
 fi
 echo "healthcheck passed"
 
-say "HTTP: /healthz, /info, POST /predict on the baked examples"
+say "HTTP: /healthz, /info, POST /predict and the v2 protocol on the baked examples"
 py "$PORT" "$WORK/examples" "$WORK/bake.json" "$PHOTOS/labels.csv" "${EXPECT_EXAMPLES:-}" \
   "${EXPECT_BACKEND:-}" <<'EOF' \
   || { server_log; fail "HTTP smoke test (see above)"; }
@@ -399,6 +399,23 @@ for entry in listed:
     ok &= good
     print(f"  {'ok ' if good else 'BAD'} {name:18} top-1 {top!r} ({preds[0]['score']:.3f}, {ms:.0f} ms)"
           + ("" if good else f"; accepted: {sorted(want) or 'none known'}"))
+    entry["top"] = top
+
+# The Open Inference Protocol: every example in one binary request (as tritonclient sends it), with
+# Triton's classification extension; each image's top-1 must be /predict's.
+files = [(Path(examples) / e["file"]).read_bytes() for e in listed]
+data = b"".join(len(f).to_bytes(4, "little") + f for f in files)
+tensor = {"name": "image", "datatype": "BYTES", "shape": [len(files)], "parameters": {"binary_data_size": len(data)}}
+header = json.dumps({"inputs": [tensor], "outputs": [{"name": "scores", "parameters": {"classification": 1}}]}).encode()
+name = info.get("name")
+req = urllib.request.Request(f"{base}/v2/models/{name}/infer", data=header + data,
+                             headers={"Inference-Header-Content-Length": str(len(header))})
+with urllib.request.urlopen(req, timeout=60) as r:
+    answer = json.loads(r.read())
+tops = [item.split(":", 2)[2] for item in answer["outputs"][0]["data"]]
+good = tops == [e.get("top") for e in listed]
+ok &= good
+print(f"  {'ok ' if good else 'BAD'} v2 /v2/models/{name}/infer, {len(files)} images in one request: {tops}")
 sys.exit(0 if ok else 1)
 EOF
 

@@ -1,8 +1,8 @@
 """Keep the server's memory flat under sustained load (glibc's allocator, tuned once at start-up).
 
-Measured with ``tests/test_load.py`` (200 connections): with glibc's defaults the server's RSS grew
-by over 100 MiB a minute and kept growing, because every upload body (100 KB to 10 MB) and decoded image
-is a large, short-lived buffer freed on a different thread. glibc raises its mmap threshold after the
+Under sustained load (``tests/test_load.py``: 200 connections) glibc's defaults let the server's RSS grow
+without end (docs/performance.md has the figures), because every upload body and decoded image is a
+large, short-lived buffer freed on a different thread. glibc raises its mmap threshold after the
 first such free, so later ones land in per-thread arenas (up to 8 per CPU) that fragment and are rarely
 returned. A fixed mmap threshold (large buffers go straight back to the kernel) and two arenas keep RSS
 within a few percent. Operators can still set ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_`` themselves.

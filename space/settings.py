@@ -34,7 +34,7 @@ class Settings(BaseSettings):
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
         description="The model's name in the v2 protocol's routes (/v2/models/NAME); default: the last part "
-        "of SPACE_MODEL.",
+        "of the model id (for a baked folder, of the id it was baked from) or of the folder.",
     )
     top_k: int = Field(5, ge=1, le=1000, description="How many classes to return by default.")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")

@@ -32,6 +32,22 @@ PHOTOS = REPO / "tests" / "data" / "photos"
 REQUIRE_ALL = os.environ.get("TESTS_REQUIRE_ALL") == "1"
 
 
+SERVER_FIXTURES = frozenset({"server_factory", "secured"})  # the fixtures that start servers
+BROWSER_FIXTURES = frozenset({"browser", "chromium"})  # the fixtures that launch Chromium
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use a server or browser fixture are marked ``server`` or ``browser``, so ``make check``
+    (``-m "not server and not bake and not browser"``) leaves them out; tests that start a server or bake
+    some other way carry their marker themselves."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.server)
+        if used & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+
+
 def needs(available: bool, reason: str) -> pytest.MarkDecorator:
     """Skip, saying why, where a machine lacks a capability (root, a tool); in CI the test runs and fails."""
     return pytest.mark.skipif(not available and not REQUIRE_ALL, reason=reason)
@@ -214,7 +230,8 @@ def wait_until_ready(server: Server, timeout: float = 120) -> None:
 
 @pytest.fixture(scope="session")
 def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
-    """Start servers on demand; all are stopped at the end of the session."""
+    """Start servers on demand; those still running at the end of the session are killed (a graceful stop
+    costs each a few seconds of CPU, and is tested where it matters: test_faults.py)."""
     started: list[Server] = []
 
     def factory(model: Path | str, **kwargs: object) -> Server:
@@ -224,7 +241,10 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
 
     yield factory
     for server in started:
-        server.stop()
+        if server.process.poll() is None:
+            server.process.kill()
+    for server in started:
+        server.process.wait()
 
 
 @pytest.fixture(scope="session")

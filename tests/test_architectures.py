@@ -27,6 +27,8 @@ from space.model.folder import OPTIMIZED_MANIFEST
 from space.serving.service import ClassificationService
 from tests.conftest import Photo, Server, classify, loaded_service, wait_until_ready
 
+pytestmark = [pytest.mark.server, pytest.mark.bake]
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 HALF = [0.5, 0.5, 0.5]
@@ -283,7 +285,13 @@ def servers(
         assert baked.folder is not None, baked.error
         wanted[name] = baked.folder
     env = {"SPACE_THREADS": "1", "SPACE_TOP_K": "5"}  # 5: the pipeline's default top_k
-    started = {key: server_factory(folder, env=env, wait_ready=False) for key, folder in wanted.items()}
+    # API only (no page: half the start-up CPU), but for the one whose page the multi-label test asks.
+    started = {
+        key: server_factory(
+            folder, env={**env, "SPACE_UI": str(key == "multilabel_vit plain")}, wait_ready=False
+        )
+        for key, folder in wanted.items()
+    }
     try:
         for server in started.values():
             wait_until_ready(server, timeout=300)

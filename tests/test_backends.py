@@ -93,6 +93,7 @@ def _copy(model: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.bake
 def test_onnx_fp32_export_matches_torch_on_the_vit(tiny_vit: Path, tmp_path: Path) -> None:
     model = _copy(tiny_vit, tmp_path / "vit")
     manifest_path = export_optimized(model, model, "onnxruntime", "fp32")
@@ -106,6 +107,7 @@ def test_onnx_fp32_export_matches_torch_on_the_vit(tiny_vit: Path, tmp_path: Pat
         np.testing.assert_allclose(onnx.logits(pixels), reference.logits(pixels), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.bake
 def test_onnx_runs_a_lone_call_wide_and_overlapping_calls_narrow_with_the_same_answers(
     tiny_vit: Path, tmp_path: Path
 ) -> None:
@@ -174,6 +176,8 @@ with TestClient(create_app(Settings(model={model!r}, backend={backend!r}, mcp=Tr
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.bake
+@pytest.mark.server
 def test_the_server_needs_none_of_the_bake_only_packages(
     tiny_vit: Path, tmp_path: Path, backend: str
 ) -> None:
@@ -190,6 +194,7 @@ def test_the_server_needs_none_of_the_bake_only_packages(
     assert done.stdout.split()[-1] == f"{backend}-fp32"
 
 
+@pytest.mark.bake
 def test_int8_keeps_top1_on_every_photo_with_the_real_model(
     real_model: Path, photos: list[Photo], tmp_path: Path
 ) -> None:
@@ -212,6 +217,7 @@ def test_int8_keeps_top1_on_every_photo_with_the_real_model(
         assert top.label in photo.accepted, (photo.path.name, top)
 
 
+@pytest.mark.bake
 def test_bf16_guard_on_the_real_model(real_model: Path, photos: list[Photo]) -> None:
     reference, processor, size = torch_reference(real_model)
     candidate = TorchBf16Backend(load_network(real_model))
@@ -223,6 +229,7 @@ def test_bf16_guard_on_the_real_model(real_model: Path, photos: list[Photo]) -> 
     assert report.passed == (report.min_cosine >= guard.MIN_COSINE)
 
 
+@pytest.mark.bake
 def test_guard_refuses_a_model_that_drifts(tiny_vit: Path, tmp_path: Path) -> None:
     # A different set of weights for the same architecture: the guard must see it is not the same model.
     other = make_tiny_vit(tmp_path / "other")
@@ -248,6 +255,8 @@ def _predict(server: Server, data: bytes) -> list[dict[str, object]]:
     return response.json()
 
 
+@pytest.mark.bake
+@pytest.mark.server
 def test_server_serves_the_baked_onnx_model_like_torch(
     server_factory: Callable[..., Server],
     vit_server: Server,
@@ -286,6 +295,8 @@ def _serve_fails(model: Path, env: dict[str, str]) -> str:
     return lines[0]
 
 
+@pytest.mark.bake
+@pytest.mark.server
 def test_the_server_never_converts_a_model_it_stops_with_how_to_bake_it(
     tiny_vit: Path, tmp_path: Path
 ) -> None:
@@ -302,6 +313,7 @@ def test_the_server_never_converts_a_model_it_stops_with_how_to_bake_it(
     assert "needs PyTorch weights" in line and "--optimize none" in line, line
 
 
+@pytest.mark.server
 def test_an_impossible_backend_choice_fails_with_a_clear_line(tiny_vit: Path, photos: list[Photo]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "space", "predict", "--model", str(tiny_vit), str(photos[0].path)],

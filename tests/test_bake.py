@@ -51,7 +51,7 @@ def baked(tmp_path_factory: pytest.TempPathFactory, real_model: Path) -> tuple[P
     return root / "model", root / "examples", manifest
 
 
-@pytest.mark.slow
+@pytest.mark.bake
 def test_manifest_describes_the_baked_files(baked: tuple[Path, Path, dict], real_model: Path) -> None:
     model_dir, _, manifest = baked
     on_disk = json.loads((model_dir / "vit-space-manifest.json").read_text())
@@ -70,7 +70,7 @@ def test_manifest_describes_the_baked_files(baked: tuple[Path, Path, dict], real
     assert sorted(p.name for p in model_dir.iterdir()) == sorted([*names, "vit-space-manifest.json"])
 
 
-@pytest.mark.slow
+@pytest.mark.bake
 def test_examples_are_copied_and_classified(baked: tuple[Path, Path, dict]) -> None:
     _, examples_dir, manifest = baked
     accepted = _accepted()
@@ -83,7 +83,7 @@ def test_examples_are_copied_and_classified(baked: tuple[Path, Path, dict]) -> N
     assert not wrong, f"top-1 outside the accepted labels: {wrong}"
 
 
-@pytest.mark.slow
+@pytest.mark.bake
 def test_no_token_is_written(baked: tuple[Path, Path, dict]) -> None:
     model_dir, examples_dir, _ = baked
     for path in [*model_dir.rglob("*"), *examples_dir.rglob("*")]:
@@ -91,7 +91,7 @@ def test_no_token_is_written(baked: tuple[Path, Path, dict]) -> None:
             assert FAKE_TOKEN.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.slow
+@pytest.mark.bake
 def test_only_inference_files_are_copied(tmp_path: Path, real_model: Path) -> None:
     src = tmp_path / "src"
     (src / "onnx").mkdir(parents=True)
@@ -149,6 +149,29 @@ def test_local_or_hub() -> None:
     assert fetch.is_local("./models/vit")
 
 
+def test_an_unreachable_hub_says_how_to_serve_a_local_folder(tmp_path: Path) -> None:
+    """A first `make run` on a machine without Hub access: one line that says what to do instead."""
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path)}
+    command = [
+        sys.executable,
+        "-m",
+        "space",
+        "bake",
+        "--model",
+        "google/vit-base-patch16-224",
+        "--output",
+        str(out),
+    ]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("bake: error: cannot download google/vit-base-patch16-224@main"), line
+    assert "make run MODEL=.cache/models/efficientnet-lite0-imagenet" in line, line
+    assert "python -m space serve --model" in line and "tests.real_model" in line, line
+    assert not out.exists()
+
+
 def test_missing_model_fails_clearly(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -164,6 +187,7 @@ def test_missing_model_fails_clearly(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.bake
 def test_folder_without_config_fails_and_cleans_up(tmp_path: Path, real_model: Path) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "model.safetensors").symlink_to(real_model / "model.safetensors")
@@ -173,6 +197,7 @@ def test_folder_without_config_fails_and_cleans_up(tmp_path: Path, real_model: P
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.bake
 def test_refuses_a_non_empty_output(tmp_path: Path, real_model: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
@@ -182,6 +207,7 @@ def test_refuses_a_non_empty_output(tmp_path: Path, real_model: Path) -> None:
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.bake
 def test_example_failures_are_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A bad checksum or a failed download skips that example; the good ones are still baked."""
     src = tmp_path / "examples"
@@ -213,7 +239,7 @@ def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert fetch.read_token(None) == "hf_fromEnv"
 
 
-@pytest.mark.slow
+@pytest.mark.bake
 def test_optimize_records_the_serving_choice(tmp_path: Path, real_model: Path) -> None:
     """--optimize runs space.backends' export + accuracy guard; its files are in the bake manifest."""
     manifest = bake.bake(str(real_model), tmp_path / "out", optimize="torch", precision="fp32")
@@ -222,6 +248,7 @@ def test_optimize_records_the_serving_choice(tmp_path: Path, real_model: Path) -
     assert "optimized.json" in [f["name"] for f in manifest["files"]]
 
 
+@pytest.mark.bake
 def test_impossible_optimization_fails_clearly(tmp_path: Path, real_model: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         args = ["--model", str(real_model), "--output", str(tmp_path / "out")]

@@ -1,7 +1,7 @@
 """The benchmark's quick mode runs end to end (both servers, every cell) and prints its table.
 
-Speed itself is never asserted here: it depends on the machine and its load (see the README's
-Performance section).
+Speed itself is never asserted here: it depends on the machine and its load (docs/performance.md has
+the figures).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+
+pytestmark = [pytest.mark.server, pytest.mark.bake]
 
 ROW = re.compile(
     r"^\| (vit-space|vit-space page|vit-space 8/request|baseline) \| (640x480|12MP) \| (\d+) "

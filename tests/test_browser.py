@@ -20,6 +20,8 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from space.web.ui import find_examples
 from tests.conftest import PHOTOS, REPO, Photo, Server
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "artifacts"
 RESULT_TIMEOUT_MS = 60_000
@@ -217,7 +219,9 @@ def test_many_images_give_a_table_and_a_csv(open_page, photos: list[Photo], tmp_
     fake = tmp_path / "notes.jpg"
     fake.write_text("not a photo\n" * 10)
     page.locator("#bulk-files input[type='file']").set_input_files([p.path for p in chosen] + [fake])
-    expect(page.locator("#bulk-files")).to_contain_text("notes", timeout=RESULT_TIMEOUT_MS)  # all three uploaded
+    expect(page.locator("#bulk-files")).to_contain_text(
+        "notes", timeout=RESULT_TIMEOUT_MS
+    )  # all three uploaded
     page.locator("#bulk-classify").click()
     rows = page.locator("#bulk-table [role='row']")  # the header row, then one per file
     expect(rows).to_have_count(4, timeout=RESULT_TIMEOUT_MS)

@@ -163,6 +163,7 @@ def test_overlay_keeps_cold_pixels_and_colours_hot_ones() -> None:
     assert out[35, 135, 0] > 120 and out[35, 135, 2] < 140  # the hot cell: red laid over the blue
 
 
+@pytest.mark.bake
 def test_every_baked_backend_agrees_with_fp32(real_model: Path, photos: list[Photo], tmp_path: Path) -> None:
     """The bake's runtimes (ONNX Runtime fp32 and int8, PyTorch bf16) give the fp32 map, within a bound."""
     chosen = [p for p in photos if p.path.name in ("lion.jpg", "zebra.jpg", "orange.jpg", "cat_chelsea.png")]

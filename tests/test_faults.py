@@ -25,6 +25,8 @@ import pytest
 
 from tests.conftest import PHOTOS, REPO, Server, needs, start_server
 
+pytestmark = pytest.mark.server
+
 
 def can_unshare() -> bool:
     """Root with working mount and network namespaces (not every container allows them)."""

@@ -84,7 +84,6 @@ def images(photos: list[Photo]) -> list[bytes]:
     return [photo.path.read_bytes() for photo in photos]
 
 
-@pytest.mark.slow
 def test_200_connections_for_60_seconds(
     server_factory: Callable[..., Server], real_model: Path, images: list[bytes]
 ) -> None:

@@ -31,6 +31,8 @@ from space.bake import bake
 from space.bake.calibration import CALIBRATION_SIZE, calibration_photos
 from tests.conftest import PHOTOS, REPO, Photo, Server, read_photos
 
+pytestmark = [pytest.mark.server, pytest.mark.bake]
+
 BLOCKED = ("torch", "torchvision", "onnx")
 SITECUSTOMIZE = f'''
 import importlib.machinery, os, sys
@@ -69,7 +71,15 @@ def lean_bakes(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     root = tmp_path_factory.mktemp("lean")
     for name, (backend, precision) in BAKES.items():
         examples = {"examples_from": PHOTOS, "examples_dir": root / f"examples-{name}"}
-        bake(str(real_model), root / name, optimize=backend, precision=precision, **examples)
+        # Half a second per speed figure: enough to rank the candidates, which is all that is checked here.
+        bake(
+            str(real_model),
+            root / name,
+            optimize=backend,
+            precision=precision,
+            measure_seconds=0.5,
+            **examples,
+        )
     return {name: root / name for name in BAKES}
 
 
@@ -143,7 +153,6 @@ def mcp_classify(server: Server, photo: Path) -> tuple[list[str], str]:
     return asyncio.run(asyncio.wait_for(run(), timeout=120))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BAKES))
 def test_lean_bakes_serve_api_page_and_mcp_without_torch(
     name: str,

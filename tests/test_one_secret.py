@@ -23,6 +23,8 @@ from starlette.routing import Mount
 from space.web.security import OPEN_PATHS, OPEN_PREFIXES, is_open
 from tests.conftest import REPO, Photo, Server
 
+pytestmark = pytest.mark.server
+
 TOKEN = "tok-16-b2c9e1-not-a-real-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MCP_PATH = "/gradio_api/mcp/"

@@ -27,6 +27,8 @@ from space.settings import Settings
 from space.web.app import create_app
 from tests.conftest import PHOTOS, Photo, Server
 
+pytestmark = pytest.mark.bake
+
 
 @pytest.fixture(scope="module")
 def openvino_bakes(tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -88,7 +90,6 @@ def test_bf16_reports_what_this_cpu_computes_in(openvino_bakes: dict[str, Path])
     assert exact.inference_precision == "f32"
 
 
-@pytest.mark.slow
 def test_every_precision_serves_over_http(
     openvino_bakes: dict[str, Path], server_factory: Callable[..., Server], photos: list[Photo]
 ) -> None:
@@ -136,7 +137,6 @@ def test_calibration_inputs_are_seeded_crops_of_the_photos(tiny_vit: Path) -> No
         calibration_inputs([], processor)
 
 
-@pytest.mark.slow
 def test_page_users_run_at_once_like_api_users(
     openvino_bakes: dict[str, Path], server_factory: Callable[..., Server], photos: list[Photo]
 ) -> None:

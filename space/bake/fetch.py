@@ -90,6 +90,16 @@ def fetch_local(src: Path, out: Path) -> None:
         shutil.copyfile(src / name, out / name)
 
 
+# What a new user without Hub access can do instead (a first `make run` on such a machine ends here).
+OFFLINE_HINT = (
+    "Without access to the Hugging Face Hub, serve a local model folder instead: "
+    "`make run MODEL=path/to/model-folder` (or `python -m space serve --model path/to/model-folder`); "
+    "the real ImageNet model that `make test` builds is one: "
+    "`make run MODEL=.cache/models/efficientnet-lite0-imagenet` (build it alone with "
+    "`.venv/bin/python -m tests.real_model`)."
+)
+
+
 def fetch_hub(repo_id: str, revision: str | None, out: Path, token: str | None) -> str:
     """Download the inference files of a Hub repo at ``revision`` into ``out``; returns the commit sha."""
     from huggingface_hub import HfApi, snapshot_download
@@ -105,7 +115,7 @@ def fetch_hub(repo_id: str, revision: str | None, out: Path, token: str | None) 
         raise
     except Exception as exc:  # network, auth, missing repo/revision: all end the build the same way
         raise BakeError(
-            f"cannot download {repo_id}@{revision or 'main'}: {type(exc).__name__}: {exc}"
+            f"cannot download {repo_id}@{revision or 'main'}: {type(exc).__name__}: {exc}. {OFFLINE_HINT}"
         ) from None
     shutil.rmtree(out / ".cache", ignore_errors=True)  # snapshot_download's bookkeeping, not needed
     if not info.sha:

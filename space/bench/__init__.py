@@ -2,7 +2,7 @@
 ``--overload``: how this app alone holds up under far more clients than it has slots.
 
 Why a script and not a test: speed depends on the machine and its load, so it is measured and reported
-(the README's Performance section), never asserted. Both servers run as separate processes on
+(docs/performance.md), never asserted. Both servers run as separate processes on
 loopback, on the same model, one after the other, driven by the same client threads; the numbers
 that matter are the ratios within one run.
 

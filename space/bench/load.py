@@ -96,7 +96,7 @@ def drive_page(url: str, body: bytes, clients: int, seconds: float) -> tuple[lis
     image.write_bytes(body)
 
     # gradio_client opens a new httpx client for each upload and each call, and each one loads the CA
-    # bundle into a TLS context, even for http://: measured, 80% of the load generator's CPU, taken from
+    # bundle into a TLS context, even for http://: most of the load generator's CPU, taken from
     # the server on one machine. The benchmark talks plain HTTP on loopback, so nothing is verified.
     def page_client() -> Callable[[], bool]:
         client = Client(url, verbose=False, download_files=False, ssl_verify=False)
@@ -302,7 +302,7 @@ def overload_line(o: Overload) -> str:
 
 def measure_explain(url: str, body: bytes, count: int) -> dict[str, float]:
     """Explanation latency (``POST /explain``, one at a time) beside a lone ``/predict`` on the same image,
-    measured right before it: the ratio is what an explanation costs in predictions (README: target 40x)."""
+    measured right before it: the ratio is what an explanation costs in predictions (docs/explanations.md)."""
     import httpx
 
     headers = {"content-type": "image/jpeg"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from space.backends.choice import Choice, model_file, resolve_choice
 from space.model.cpu import available_cpus
-from space.model.folder import resolve_model
+from space.model.folder import read_bake_manifest, resolve_model
 from space.serving import metrics
 from space.serving.batching import Batcher
 from space.serving.classifier import Classifier, load_resolved
@@ -21,11 +21,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Resolved:
-    """The model's folder, its commit (for a Hub snapshot) and the runtime that serves it."""
+    """The model's folder, its commit (for a Hub snapshot), the runtime that serves it, and its name."""
 
     path: Path
     commit: str | None
     choice: Choice
+    name: str  # the last part of the model id (the bake's, for a baked folder) or of the folder
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def resolve(settings: Settings) -> Resolved:
     path, commit = resolve_model(settings.model, settings.model_revision)
     choice = resolve_choice(path, settings.backend, settings.precision)
     model_file(path, choice)
-    return Resolved(path, commit, choice)
+    baked_from = (read_bake_manifest(path) or {}).get("model_id") or settings.model
+    return Resolved(path, commit, choice, Path(str(baked_from).rstrip("/")).name)
 
 
 def load(settings: Settings, resolved: Resolved) -> Loaded:

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -55,7 +54,6 @@ class ClassificationService:
             queue_timeout_s=settings.queue_timeout_s,
         )
         self.explainer = Explainer(settings.explain_grid, settings.explain_concurrency, self.admission.limit)
-        self.name = settings.model_name or Path(settings.model.rstrip("/")).name
         self.load_error: str | None = None
         # Decoding runs in the admission threads; bounding it keeps a burst of large photos from starving
         # inference of CPU. Default: half the CPUs (decoding is short next to inference).
@@ -87,6 +85,11 @@ class ClassificationService:
     @property
     def info(self) -> ModelInfo | None:
         return self._loaded.model.info if self._loaded else None
+
+    @property
+    def name(self) -> str:
+        """The model's name in the v2 protocol: SPACE_MODEL_NAME, else the last part of its id or folder."""
+        return self.settings.model_name or self.resolve().name
 
     @property
     def labels(self) -> list[str]:

@@ -8,9 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import gradio as gr
 from fastapi import FastAPI
-from gradio.routes import App as GradioApp
 
 from space import __version__
 from space.serving.service import ClassificationService
@@ -19,8 +17,7 @@ from space.web import explain_api, logs, metrics, routes, v2
 from space.web.bodies import BodyLimits
 from space.web.door import AdmissionDoor
 from space.web.errors import install_error_handlers
-from space.web.security import install_security, secure_gradio, ui_credentials
-from space.web.ui import THEME, build_ui
+from space.web.security import GradioSessions, install_security, secure_gradio, ui_credentials
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +77,22 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         model_route=model_route,
         on_refused=metrics.observe_refusal,
     )
-    if not settings.ui:  # API only: no page, no Gradio API, no MCP (the /predict ingress, programs)
+    if not settings.ui:  # API only: no page, no Gradio API, no MCP, and gradio is never imported
         return app
+    return mount_page(app, service, settings, sessions)
+
+
+def mount_page(
+    app: FastAPI, service: ClassificationService, settings: Settings, sessions: GradioSessions
+) -> FastAPI:
+    """The Gradio page at ``/`` (and its API and MCP), on the same service and admission slots."""
+    import gradio as gr
+    from gradio.routes import App as GradioApp
+
+    from space.web.ui import THEME, build_ui
+
     examples_dir = settings.examples_dir.resolve()
-    # Gradio's queue is bounded too, so UI users cannot starve the API (they share the admission slots).
+    # Gradio's queue is bounded too, so page users cannot starve the API (they share the admission slots).
     # As many page events run at once as the API admits: they meet in the same batcher, so the page gets
     # the API's throughput (with Gradio's default of one at a time, each batch would hold one image).
     blocks = build_ui(service).queue(

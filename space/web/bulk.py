@@ -11,6 +11,7 @@ import asyncio
 import csv
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,15 @@ from space.errors import UserError
 from space.serving.admission import RETRY_AFTER_S, Overloaded
 from space.serving.params import Params
 from space.serving.service import ClassificationService
-from space.web.errors import REFUSALS, page_error
+from space.web.errors import REFUSALS
 
 HEADERS = ["file", "top label", "score"]
 CHUNK = 8  # images per request: progress moves every few images, and each request fills a batch
 CSV_MAX_AGE_S = 600  # our copies of the CSV; Gradio keeps its own copy for the download
 
 
-def bulk_tab(service: ClassificationService) -> None:
-    """The tab, inside the page's Blocks."""
+def bulk_tab(service: ClassificationService, page_error: Callable[[Exception], gr.Error]) -> None:
+    """The tab, inside the page's Blocks; ``page_error`` turns a refusal into the page's message."""
     csv_dir = tempfile.TemporaryDirectory(prefix="vit-space-csv-")  # removed when the process exits
 
     async def classify_all(files: list[Any] | None, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008

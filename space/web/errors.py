@@ -1,10 +1,9 @@
-"""Errors to answers, in one place: every mistake a client can make and every refusal of the serving path,
-as ``{"error": ...}`` with its status code (and ``Retry-After`` where a retry helps), or as the page's
-message. Nothing a user sends becomes a 500."""
+"""Errors to HTTP answers, in one place: every mistake a client can make and every refusal of the serving
+path, as ``{"error": ...}`` with its status code (and ``Retry-After`` where a retry helps); the page shows
+the same messages (:func:`space.web.ui.page_error`). Nothing a user sends becomes a 500."""
 
 from __future__ import annotations
 
-import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,12 +13,7 @@ from starlette.requests import ClientDisconnect
 from space.errors import NotReady, UserError
 from space.serving.admission import RETRY_AFTER_S, DeadlineExceeded, Overloaded
 
-REFUSALS = (UserError, Overloaded, DeadlineExceeded, NotReady)  # what the page shows as a message
-
-
-def page_error(error: Exception) -> gr.Error:
-    """A message shown in the page; no traceback in the server log, since the user caused it."""
-    return gr.Error(getattr(error, "message", None) or str(error), print_exception=False)
+REFUSALS = (UserError, Overloaded, DeadlineExceeded, NotReady)  # what the page shows as a message (ui.py)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -14,7 +14,7 @@ from space.serving import params
 from space.serving.overlay import legend, overlay
 from space.serving.service import ClassificationService
 from space.web.bulk import bulk_tab
-from space.web.errors import REFUSALS, page_error
+from space.web.errors import REFUSALS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Photos that the gradio package itself ships, so the page has examples even with none configured.
@@ -54,6 +54,11 @@ def model_summary(service: ClassificationService) -> str:
         f"Model **{name}**, {pinned} · {info.architecture}, {info.num_labels} classes · "
         f"runs inside this app ({info.backend}); no outside service is called."
     )
+
+
+def page_error(error: Exception) -> gr.Error:
+    """A message shown in the page; no traceback in the server log, since the user caused it."""
+    return gr.Error(getattr(error, "message", None) or str(error), print_exception=False)
 
 
 def image_path(image: Any) -> Path:
@@ -178,7 +183,7 @@ def build_ui(service: ClassificationService) -> gr.Blocks:
                 examples_per_page=24,
                 api_visibility="private",
             )
-        bulk_tab(service)
+        bulk_tab(service, page_error)
         # Private: page furniture, not a tool for API or MCP clients.
         page.load(lambda: model_summary(service), None, summary, api_visibility="private", queue=False)
         outputs = [label, timing]
