@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,32 +228,56 @@ def wait_until_ready(server: Server, timeout: float = 120) -> None:
     raise AssertionError(f"server not ready after {timeout}s:\n{server.log()}")
 
 
-@pytest.fixture(scope="session")
-def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
-    """Start servers on demand; those still running at the end of the session are killed (a graceful stop
-    costs each a few seconds of CPU, and is tested where it matters: test_faults.py)."""
-    started: list[Server] = []
+class ServerFactory:
+    """Starts real servers; a module's servers are killed when the module is done (an idle server with its
+    page still wakes its event loop for Gradio's queue), the session's ones (``keep=True``) at the end.
+    Killed, not stopped: a graceful stop costs each a few seconds of CPU, and is tested in test_faults.py."""
 
-    def factory(model: Path | str, **kwargs: object) -> Server:
-        server = start_server(model, tmp_path_factory.mktemp("server"), **kwargs)  # type: ignore[arg-type]
-        started.append(server)
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.started: list[tuple[Server, bool]] = []
+
+    def __call__(self, model: Path | str, keep: bool = False, **kwargs: object) -> Server:
+        server = start_server(model, self.tmp_path_factory.mktemp("server"), **kwargs)  # type: ignore[arg-type]
+        self.started.append((server, keep))
         return server
 
-    yield factory
-    for server in started:
-        if server.process.poll() is None:
-            server.process.kill()
-    for server in started:
-        server.process.wait()
+    def kill(self, since: int = 0, keep: bool = True) -> None:
+        """Kill the servers started since ``since`` (but those to keep, if ``keep``)."""
+        doomed = [server for server, kept in self.started[since:] if not (kept and keep)]
+        for server in doomed:
+            if server.process.poll() is None:
+                server.process.kill()
+        for server in doomed:
+            server.process.wait()
+
+
+FACTORIES: list[ServerFactory] = []  # the session's one, once a test asks for it
 
 
 @pytest.fixture(scope="session")
-def real_server(server_factory: Callable[..., Server], real_model: Path) -> Server:
-    """The server with the real ImageNet model (real predictions)."""
-    return server_factory(real_model)
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
+    FACTORIES.append(ServerFactory(tmp_path_factory))
+    yield FACTORIES[0]
+    FACTORIES[0].kill(keep=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_servers() -> Iterator[None]:
+    """Kill the servers a module started when it is done (see :class:`ServerFactory`)."""
+    mark = len(FACTORIES[0].started) if FACTORIES else 0
+    yield
+    if FACTORIES:
+        FACTORIES[0].kill(since=mark)
 
 
 @pytest.fixture(scope="session")
-def vit_server(server_factory: Callable[..., Server], tiny_vit: Path) -> Server:
-    """The server with the tiny random ViT (the ViT code path)."""
-    return server_factory(tiny_vit, env={"SPACE_TOP_K": "3"})
+def real_server(server_factory: ServerFactory, real_model: Path) -> Server:
+    """The server with the real ImageNet model (real predictions), for the whole session."""
+    return server_factory(real_model, keep=True)
+
+
+@pytest.fixture(scope="session")
+def vit_server(server_factory: ServerFactory, tiny_vit: Path) -> Server:
+    """The server with the tiny random ViT (the ViT code path), for the whole session."""
+    return server_factory(tiny_vit, keep=True, env={"SPACE_TOP_K": "3"})

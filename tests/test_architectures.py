@@ -277,27 +277,24 @@ def servers(
     bake_once: Callable[[str, str, str], Baked],
     server_factory: Callable[..., Server],
 ) -> Iterator[dict[str, Server]]:
-    """Real servers, all started at once so that their start-ups overlap: each architecture as a plain
-    folder (PyTorch) and as its ONNX Runtime fp32 bake (a non-PyTorch artifact must start)."""
-    wanted = {f"{name} plain": folder for name, folder in checkpoints.items()}
-    for name in checkpoints:
-        baked = bake_once(name, "onnxruntime", "fp32")
-        assert baked.folder is not None, baked.error
-        wanted[name] = baked.folder
-    env = {"SPACE_THREADS": "1", "SPACE_TOP_K": "5"}  # 5: the pipeline's default top_k
-    # API only (no page: half the start-up CPU), but for the one whose page the multi-label test asks.
-    started = {
-        key: server_factory(
-            folder, env={**env, "SPACE_UI": str(key == "multilabel_vit plain")}, wait_ready=False
-        )
-        for key, folder in wanted.items()
+    """Real servers, started at once so that their start-ups overlap: the ViT as a plain folder (PyTorch)
+    and as its ONNX Runtime fp32 bake (a non-PyTorch artifact must start), and the multi-label ViT with its
+    page. Every architecture's answers are checked in process, through the same service the server runs."""
+    baked = bake_once("vit", "onnxruntime", "fp32")
+    assert baked.folder is not None, baked.error
+    wanted = {
+        "vit plain": checkpoints["vit"],
+        "vit": baked.folder,
+        "multilabel_vit plain": checkpoints["multilabel_vit"],
     }
+    env = {"SPACE_THREADS": "1", "SPACE_TOP_K": "5"}  # 5: the pipeline's default top_k
+    started = {key: server_factory(folder, env=env, wait_ready=False) for key, folder in wanted.items()}
     try:
         for server in started.values():
             wait_until_ready(server, timeout=300)
         yield started
-    finally:  # also when one failed to start: the others must not go on loading beside later tests
-        for server in started.values():  # disposable: a graceful stop costs each about 2.5 s of CPU
+    finally:  # disposable: a graceful stop costs each a few seconds of CPU
+        for server in started.values():
             server.process.kill()
         for server in started.values():
             server.process.wait()
@@ -324,6 +321,14 @@ def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]], what: str
     np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-4, err_msg=what)
 
 
+def ask_service(service: ClassificationService, photo: Path, name: str, expected: dict) -> None:
+    """The service every front door calls, in process, for each function_to_apply: the pipeline's answer."""
+    for function, top_k in REQUESTS:
+        [got] = classify(service, [photo.read_bytes()], top_k=top_k, function_to_apply=function)
+        want = expected[name][function][: min(top_k or 5, NUM_LABELS)]
+        assert_same([{"label": g.label, "score": g.score} for g in got], want, f"{name} {function} {top_k}")
+
+
 def ask_inference_client(url: str, photo: Path, name: str, expected: dict) -> None:
     """huggingface_hub's InferenceClient, unchanged, for each function_to_apply: the pipeline's answer."""
     client = InferenceClient(base_url=f"{url}/predict")
@@ -333,20 +338,32 @@ def ask_inference_client(url: str, photo: Path, name: str, expected: dict) -> No
         assert_same([{"label": g.label, "score": g.score} for g in got], want, f"{name} {function} {top_k}")
 
 
-# --- Plain folders over HTTP ---------------------------------------------------------------------------
+# --- Plain folders: every architecture in process, the ViT over HTTP too -----------------------------------
 
 
 @pytest.mark.parametrize("name", BY_NAME)
 def test_plain_folder_is_served_like_the_pipeline(
-    name: str, servers: dict[str, Server], checkpoints: dict[str, Path], expected: dict, photo: Path
+    name: str, checkpoints: dict[str, Path], expected: dict, photo: Path
 ) -> None:
-    server = servers[f"{name} plain"]
-    ask_inference_client(server.url, photo, name, expected)
-    with server.client() as http:
-        info = http.get("/info").json()["model"]
+    service = served(checkpoints[name])
+    try:
+        ask_service(service, photo, name, expected)
+        info = service.info.as_dict()
+    finally:
+        service.close()
     assert info["backend"] == "torch-fp32" and info["architecture"] == BY_NAME[name].model_class
     # The size the processor really makes, not a config field.
     assert tuple(info["image_size"]) == input_size(checkpoints[name]), info
+
+
+def test_the_vit_and_its_bake_answer_over_http_like_the_pipeline(
+    servers: dict[str, Server], expected: dict, photo: Path
+) -> None:
+    """huggingface_hub's InferenceClient against the real servers, the plain folder and its ONNX bake."""
+    for key, backend in (("vit plain", "torch-fp32"), ("vit", "onnxruntime-fp32")):
+        ask_inference_client(servers[key].url, photo, "vit", expected)
+        with servers[key].client() as http:
+            assert http.get("/info").json()["model"]["backend"] == backend
 
 
 def test_multi_label_plain_folder_scores_independent_sigmoids_by_default(
@@ -370,19 +387,23 @@ def test_multi_label_plain_folder_scores_independent_sigmoids_by_default(
     assert_same(page, expected["multilabel_vit"][None][:3], "multi-label default on the page")
 
 
-# --- Baked: ONNX Runtime fp32 over HTTP; every backend and precision in-process -------------------------
+# --- Baked: every backend and precision in process (the ViT's ONNX bake over HTTP above) ----------------
 
 
 @pytest.mark.parametrize("name", BY_NAME)
 def test_baked_onnx_model_starts_and_answers_like_the_pipeline(
-    name: str, servers: dict[str, Server], expected: dict, photo: Path
+    name: str, bake_once: Callable[[str, str, str], Baked], expected: dict, photo: Path
 ) -> None:
     import onnx
 
-    server = servers[name]
-    ask_inference_client(server.url, photo, name, expected)
-    with server.client() as http:
-        info = http.get("/info").json()["model"]
+    baked = bake_once(name, "onnxruntime", "fp32")
+    assert baked.folder is not None, baked.error
+    service = served(baked.folder)
+    try:
+        ask_service(service, photo, name, expected)
+        info = service.info.as_dict()
+    finally:
+        service.close()
     assert info["backend"] == "onnxruntime-fp32" and info["optimized"]["guard"]["passed"]
     # Exported for the size the processor really produces (BEiT: 32x32, not its unused crop_size 224).
     graph = onnx.load(Path(info["path"]) / "model-fp32.onnx").graph

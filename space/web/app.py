@@ -30,6 +30,8 @@ def model_route(path: str) -> str | None:
 
 
 UPLOAD_MAX_AGE_S = 600  # Gradio's copies of UI uploads are deleted after this long (and at shutdown)
+QUEUE_POLL_S = 0.02  # how often Gradio's queue looks for page events to start (its default: 0.001)
+PROGRESS_POLL_S = 0.05  # how often it sends progress (its default: 0.01)
 
 
 def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
@@ -100,6 +102,11 @@ def mount_page(
         default_concurrency_limit=settings.ui_concurrency or settings.max_in_flight,
     )
     blocks.delete_cache = (UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)  # UI uploads leave GRADIO_TEMP_DIR soon
+    # Gradio's queue checks for work every millisecond (and for progress every ten), busy or idle: a
+    # thousand wake-ups a second of the event loop that serves every request, a few percent of a core on
+    # an idle server. A few milliseconds is still far below a prediction.
+    blocks._queue.sleep_when_free = QUEUE_POLL_S
+    blocks._queue.progress_update_sleep_when_free = PROGRESS_POLL_S
     app = gr.mount_gradio_app(
         app,
         blocks,
