@@ -175,7 +175,8 @@ class Settings(BaseSettings):
         7,
         ge=7,
         le=32,
-        description="Explanation map: rows and columns of occluded cells (forward passes: N*N+1).",
+        description="Explanation map: rows and columns of its cells; windows of 2x2 cells slide a cell at a "
+        "time ((N-1)*(N-1)+1 forward passes).",
     )
     explain_concurrency: int = Field(
         1, ge=1, le=64, description="Explanations computed at once (API, UI, MCP); more get 503 at once."

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from space.bake import bake
+from space.serving.explain import DEFAULT
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.server, pytest.mark.bake]
@@ -79,14 +80,15 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
     )
     assert bare and bare[1] == served[1] and float(bare[2]) > 0 and float(bare[5]) > 0, result.stdout
     explained = re.search(
-        r"^explanation \(occlusion (\d+)x\1, (\d+) forward passes, 640x480, one at a time\): p50 (\d+) ms = "
+        rf"^explanation \({re.escape(DEFAULT.name)}, (\d+)x\1 grid, (\d+) forward passes, 640x480, one at a "
+        r"time\): p50 (\d+) ms = "
         r"([\d.]+)x a lone /predict p50 \((\d+) ms, same run\)$",
         result.stdout,
         re.MULTILINE,
     )
-    assert explained and explained[1] == "7" and int(explained[2]) == 50, result.stdout
+    assert explained and explained[1] == "7" and int(explained[2]) == DEFAULT.passes(7), result.stdout
     data = json.loads(out.read_text())
-    assert data["explain"]["forward_passes"] == 50 and data["explain"]["explain_p50_ms"] > 0
+    assert data["explain"]["forward_passes"] == DEFAULT.passes(7) and data["explain"]["explain_p50_ms"] > 0
     # The bench bakes as the bake step does: the fastest that passes the guard here, measured.
     chosen = data["info"]["optimized"]
     assert len(data["cells"]) == 10 and data["info"]["backend"] == served[1]

@@ -15,6 +15,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from space.serving.explain import DEFAULT
+from space.serving.overlay import SCALE_HEIGHT
 from tests.conftest import Photo, Server
 
 
@@ -23,12 +25,13 @@ def photo(photos: list[Photo], name: str) -> Photo:
 
 
 def check_map(body: dict[str, object], rows: int = 7) -> None:
-    assert body["method"] == "occlusion" and body["rows"] == body["cols"] == rows
+    assert body["method"] == DEFAULT.name and body["rows"] == body["cols"] == rows
+    assert "not where the object is" in body["reading"]  # type: ignore[operator]
     grid = body["grid"]
     assert isinstance(grid, list) and len(grid) == rows and all(len(row) == rows for row in grid)
     values = [v for row in grid for v in row]
     assert min(values) >= 0 and max(values) == 1.0
-    assert 1 < body["forward_passes"] <= rows * rows + 1  # type: ignore[operator]
+    assert 1 < body["forward_passes"] <= DEFAULT.passes(rows)  # type: ignore[operator]
 
 
 def test_raw_bytes_explain_the_top_class(real_server: Server, photos: list[Photo]) -> None:
@@ -75,8 +78,11 @@ def test_png_overlay_is_the_users_image_with_the_map(real_server: Server, photos
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     overlay = Image.open(io.BytesIO(response.content))
     original = Image.open(lion.path)
-    assert overlay.format == "PNG" and overlay.size == original.size
-    assert overlay.convert("RGB").tobytes() != original.convert("RGB").tobytes()
+    # The photo, then a strip with the colour scale and what the map is (at least 320 px wide, to be read).
+    width = max(original.width, 320)
+    assert overlay.format == "PNG" and overlay.size == (width, original.height + SCALE_HEIGHT)
+    picture = overlay.convert("RGB").crop((0, 0, *original.size))
+    assert picture.tobytes() != original.convert("RGB").tobytes()
 
 
 @pytest.mark.parametrize(

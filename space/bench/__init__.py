@@ -73,6 +73,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-explain", action="store_true", help="skip the explanation measurement")
     parser.add_argument(
+        "--explanations",
+        action="store_true",
+        help="only this: how far the explanation maps can be trusted (deletion and insertion against random "
+        "orders, localisation on busy backgrounds), for the served method and the ones it was chosen over",
+    )
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=Path("tests/data/photos"),
+        help="with --explanations: photos and their labels.csv (default: the committed test photos)",
+    )
+    parser.add_argument(
         "--runtimes",
         metavar="all|BACKEND-PRECISION,...",
         help="every runtime side by side: each baked and measured bare and served, one after another "
@@ -113,6 +125,8 @@ def main_from_args(args: argparse.Namespace) -> int:
             model = make_vit_b16(scratch / "vit-b16")
         if args.runtimes:
             return _runtimes_main(args, model, scratch)
+        if args.explanations:
+            return _explanations_main(model, args.photos)
         if not (model / "optimized.json").is_file():
             model = _bake_copy(model, scratch / "baked", args.quick)
         images = {name: make_jpeg(SIZES[name]) for name in sizes}
@@ -165,9 +179,10 @@ def main_from_args(args: argparse.Namespace) -> int:
         print(serving_ratios([run]))
     if explained:
         print(
-            f"explanation (occlusion {explained['grid']}x{explained['grid']}, {explained['forward_passes']} "
-            f"forward passes, {explain_image}, one at a time): p50 {explained['explain_p50_ms']:.0f} ms = "
-            f"{explained['ratio']}x a lone /predict p50 ({explained['predict_p50_ms']:.0f} ms, same run)"
+            f"explanation ({explained['method']}, {explained['grid']}x{explained['grid']} grid, "
+            f"{explained['forward_passes']} forward passes, {explain_image}, one at a time): "
+            f"p50 {explained['explain_p50_ms']:.0f} ms = {explained['ratio']}x a lone /predict p50 "
+            f"({explained['predict_p50_ms']:.0f} ms, same run)"
         )
     if args.json:
         args.json.write_text(
@@ -223,6 +238,65 @@ def _overload_main(
         print(overload_line(result))
     if args.json:
         args.json.write_text(json.dumps({"overload": [asdict(r) for r in results]}, indent=2))
+    return 0
+
+
+def _explanations_main(model: Path, photos: Path) -> int:
+    """``--explanations``: every method on the same photos, in process, one line each."""
+    import csv
+
+    from PIL import Image
+
+    from space.bench import explanations as measure
+    from space.serving.explain import DEFAULT, Method
+    from space.serving.service import ClassificationService
+    from space.settings import Settings
+
+    service = ClassificationService(Settings(model=str(model)))
+    service.load()
+    served = service.model
+    with (photos / "labels.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    objects = []
+    for entry in rows:  # the photos the model gets right (all, with its top class, for a random model)
+        with Image.open(photos / entry["file"]) as image:
+            photo = image.convert("RGB")
+        photo.thumbnail((measure.CANVAS, measure.CANVAS))
+        scores = served.scores(served.backend.logits(served.preprocess([photo])))[0]
+        label = served.labels[int(scores.argmax())]
+        objects.append((entry["file"], photo, label, label in entry["accepted_labels"].split(" | ")))
+    right = [(n, p, label) for n, p, label, ok in objects if ok]
+    chosen = right if len(right) >= 3 else [(n, p, label) for n, p, label, _ in objects]
+    methods = {
+        f"{DEFAULT.name} (served)": measure.in_process(served, DEFAULT),
+        "occlusion, 1x1 cells, grey fill (before)": measure.in_process(served, Method(1, 1, "grey")),
+        "occlusion, 2x2-cell windows every 1 cell, grey fill": measure.in_process(
+            served, Method(2, 1, "grey")
+        ),
+        "occlusion, 2x2-cell windows every 1 cell, mean fill": measure.in_process(
+            served, Method(2, 1, "mean")
+        ),
+        "occlusion, 1x1 cells, blur fill": measure.in_process(served, Method(1, 1, "blur")),
+        "occlusion, 3x3-cell windows every 1 cell, blur fill": measure.in_process(
+            served, Method(3, 1, "blur")
+        ),
+        "two scales: 2x2 and 4x4-cell windows, blur fill": (
+            measure.merged(
+                measure.in_process(served, DEFAULT)[0], measure.in_process(served, Method(4, 1))[0]
+            ),
+            measure.scorer(served),
+        ),
+        "RISE, 49 random masks, blur fill": (measure.rise(served), measure.scorer(served)),
+    }
+    print(f"model: {model.name}; {len(chosen)} photos ({len(right)} classified right), 2 placements each")
+    randoms: dict[tuple[object, ...], float] = {}  # the random orders' areas, the same for every method
+    for name, (explain, score) in methods.items():
+        placed, curves = measure.measure(explain, score, chosen, randoms=randoms)
+        print(f"{name}: {measure.summary(placed, curves)}", flush=True)
+    explain, score = methods[f"{DEFAULT.name} (served)"]
+    placed, curves = measure.measure(explain, score, chosen, black=True, randoms=randoms)
+    print(f"{DEFAULT.name} (served), deleting to black: {measure.summary(placed, curves)}", flush=True)
+    service.close()
     return 0
 
 

@@ -12,8 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from space.bench.servers import Process
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -62,7 +66,7 @@ def drive_v2(
     sends it) back to back for ``seconds``: several images per round trip."""
     import httpx
 
-    from space.web.v2_tensors import HEADER_LENGTH, binary_request
+    from space.web.v2_tensors import HEADER_LENGTH
 
     body, header_length = binary_request(files)
     headers = {HEADER_LENGTH: str(header_length)}
@@ -314,15 +318,17 @@ def measure_explain(url: str, body: bytes, count: int) -> dict[str, float]:
             http.post("/predict", content=body, headers=headers).raise_for_status()
             lone.append(time.perf_counter() - began)
             time.sleep(0.01)
-        explained, passes, grid = [], 0, 0
+        explained, passes, grid, method = [], 0, 0, ""
         for _ in range(count):
             began = time.perf_counter()
             answer = http.post("/explain", content=body, headers=headers)
             answer.raise_for_status()
             explained.append(time.perf_counter() - began)
-            passes, grid = answer.json()["forward_passes"], answer.json()["rows"]
+            found = answer.json()
+            passes, grid, method = found["forward_passes"], found["rows"], found["method"]
     predict_ms, explain_ms = 1000 * percentile(lone, 50), 1000 * percentile(explained, 50)
     return {
+        "method": method,
         "grid": grid,
         "forward_passes": passes,
         "explain_p50_ms": round(explain_ms, 1),
@@ -448,3 +454,33 @@ def row(cell: Cell, baseline: Cell | None = None, limits: dict[str, float] | Non
         f"| {cell.p95_ms:.0f} | {cell.p99_ms:.0f} | {cell.errors} | {cell.peak_rss_mb:.0f} | {ratio} "
         f"| {shares[0]} | {shares[1]} | {shares[2]} |"
     )
+
+
+def binary_request(files: list[bytes], classes: int = 1) -> tuple[bytes, int]:
+    """A binary inference request of ``files`` (what ``tritonclient`` sends): the body and its JSON
+    header's length, for load generators that build it once. ``classes=0`` asks for every score, in
+    binary (:func:`binary_scores` reads them)."""
+    import json
+
+    from space.web import v2_tensors
+
+    data = b"".join(v2_tensors.LENGTH.pack(len(f)) + f for f in files)
+    tensor = {
+        "name": v2_tensors.INPUT,
+        "datatype": "BYTES",
+        "shape": [len(files)],
+        "parameters": {"binary_data_size": len(data)},
+    }
+    asked = {"classification": classes} if classes else {"binary_data": True}
+    header = json.dumps({"inputs": [tensor], "outputs": [{"name": v2_tensors.OUTPUT, "parameters": asked}]})
+    return header.encode() + data, len(header)
+
+
+def binary_scores(body: bytes, header_length: int) -> np.ndarray:
+    """The scores of an answer to ``binary_request(files, classes=0)``: images x labels."""
+    import json
+
+    import numpy as np
+
+    [tensor] = json.loads(body[:header_length])["outputs"]
+    return np.frombuffer(body[header_length:], dtype="<f4").reshape(tensor["shape"])

@@ -19,7 +19,7 @@ from space.errors import UserError
 from space.serving import metrics
 from space.serving.admission import DeadlineExceeded, Overloaded
 from space.serving.classifier import Classifier
-from space.serving.explain import Explanation, explain
+from space.serving.explain import DEFAULT, Explanation, explain
 
 
 class ExplainBusy(Overloaded):
@@ -27,7 +27,7 @@ class ExplainBusy(Overloaded):
 
 
 class Explainer:
-    """At most ``concurrency`` occlusion maps of ``grid`` x ``grid`` cells at once."""
+    """At most ``concurrency`` maps of ``grid`` x ``grid`` cells at once."""
 
     def __init__(self, grid: int, concurrency: int, admission_limit: int) -> None:
         self.grid = grid
@@ -38,7 +38,7 @@ class Explainer:
     @property
     def weight(self) -> int:
         """Admission slots one explanation holds: its forward passes, at most half of all slots."""
-        return max(1, min(self.grid * self.grid + 1, self.admission_limit // 2))
+        return max(1, min(DEFAULT.passes(self.grid), self.admission_limit // 2))
 
     def explain(
         self,

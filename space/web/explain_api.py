@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from space.errors import BadParameter
 from space.serving import params
-from space.serving.overlay import overlay, png_bytes
+from space.serving.overlay import overlay, png_bytes, with_scale
 from space.web import routes
 from space.web.bodies import ACCEPTED, image_request_body, read_images
 from space.web.deps import BodyLimitsDep, ServiceDep
@@ -30,6 +30,7 @@ class ExplanationBody(BaseModel):
     forward_passes: int
     seconds: float
     method: str
+    reading: str
 
 
 class Labels(BaseModel):
@@ -64,7 +65,8 @@ async def explain(
         Query(alias="format", description="json: the grid; png: the image with the map laid over it."),
     ] = "json",
 ) -> Any:
-    """Where the model looked: an occlusion map (each cell: how much hiding it lowers the class's score)."""
+    """Where the model looked: an occlusion map (each cell: how much hiding it lowers the class's score),
+    with the method, its cost and how to read it."""
     # Admission first, as for /predict: when full, 503 at once and the body is never read.
     with service.reserve(service.explain_weight) as slot:
         body = await read_images(request, limits)
@@ -73,7 +75,8 @@ async def explain(
         asked = params.parse({"target": target}, body.parameters, accepted=params.EXPLAIN)
         explanation, image = await service.explain(body.images[0], asked, slot)
     if output == "png":
-        return Response(png_bytes(overlay(image, explanation.grid)), media_type="image/png")
+        picture = with_scale(overlay(image, explanation.grid), explanation)
+        return Response(png_bytes(picture), media_type="image/png")
     return explanation.as_dict()
 
 

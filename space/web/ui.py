@@ -11,7 +11,7 @@ import gradio as gr
 
 from space.errors import UserError
 from space.serving import params
-from space.serving.overlay import legend, overlay
+from space.serving.overlay import legend, overlay, with_scale
 from space.serving.service import ClassificationService
 from space.web.bulk import bulk_tab
 from space.web.errors import REFUSALS
@@ -99,8 +99,9 @@ def build_ui(service: ClassificationService) -> gr.Blocks:
     async def explain(image: Any, target: str | None) -> tuple[Any, str, dict[str, Any]]:
         """Show where the model looked in an image: an occlusion map of one class's score.
 
-        Each cell of a grid over the image is hidden in turn (painted in the model's mean colour); a
-        cell's value is how much hiding it lowers the class's probability, 1 for the most, 0 for none.
+        A window of 2x2 cells of a grid over the image is blurred at every position in turn; a cell's
+        value is how much hiding it lowers the class's probability (the mean over the windows that cover
+        it), 1 for the most, 0 for none. It shows what the model used, not where the object is.
 
         Args:
             image: The image (JPEG, PNG, WebP, GIF, BMP or TIFF), as an http(s) URL or a base64 ``data:``
@@ -118,7 +119,8 @@ def build_ui(service: ClassificationService) -> gr.Blocks:
             explanation, picture = await service.explain(path, asked)
         except REFUSALS as error:
             raise page_error(error) from None
-        return overlay(picture, explanation.grid), legend(explanation), explanation.as_dict()
+        picture = with_scale(overlay(picture, explanation.grid), explanation)
+        return picture, legend(explanation), explanation.as_dict()
 
     def explainable(result: Any) -> tuple[Any, None, str]:
         """The classes of the latest result ({label: probability}), top first, for the class picker; the

@@ -128,22 +128,6 @@ def parse_request(body: bytes, header_length: int | None) -> InferCall:
     return InferCall(images, parameters, outputs, request_id if isinstance(request_id, str) else None)
 
 
-def binary_request(files: list[bytes]) -> tuple[bytes, int]:
-    """A binary inference request of ``files`` (what ``tritonclient`` sends): the body and its JSON
-    header's length, for load generators that build it once."""
-    data = b"".join(LENGTH.pack(len(f)) + f for f in files)
-    tensor = {
-        "name": INPUT,
-        "datatype": "BYTES",
-        "shape": [len(files)],
-        "parameters": {"binary_data_size": len(data)},
-    }
-    header = json.dumps(
-        {"inputs": [tensor], "outputs": [{"name": OUTPUT, "parameters": {"classification": 1}}]}
-    )
-    return header.encode() + data, len(header)
-
-
 def split_bytes(data: bytes, count: int) -> list[bytes]:
     """A binary BYTES tensor's ``count`` elements."""
     elements, offset = [], 0
