@@ -17,6 +17,7 @@ at most ``MAX_LOGIT_DIFF``) before it is cached, so only the first test run pays
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -175,14 +176,18 @@ def build(folder: Path) -> Path:
 
 
 def real_model(folder: Path = CACHE) -> Path:
-    """The cached checkpoint, built first if it is missing or from another conversion."""
-    try:
-        cached = json.loads((folder / STAMP).read_text())
-    except (OSError, ValueError):
-        cached = {}
-    if {key: cached.get(key) for key in stamp()} == stamp() and (folder / "model.safetensors").is_file():
-        return folder
-    return build(folder)
+    """The cached checkpoint, built first if it is missing or from another conversion. A lock file beside
+    it makes parallel test workers wait for one build instead of racing to rename theirs into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            cached = json.loads((folder / STAMP).read_text())
+        except (OSError, ValueError):
+            cached = {}
+        if {key: cached.get(key) for key in stamp()} == stamp() and (folder / "model.safetensors").is_file():
+            return folder
+        return build(folder)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,8 @@ def explain(
     method: Method = DEFAULT,
 ) -> Explanation:
     """The map of ``image`` for ``target`` (default: the top class), through the classifier's own processor
-    and backend: one unoccluded pass, then one per window position the model can see, ``chunk`` per call.
+    and backend: one pass of the image itself and one per window position the model can see, ``chunk``
+    per call (the first call carries the image too).
 
     ``deadline`` (``time.monotonic()``) is checked between calls: past it, :class:`DeadlineExceeded`.
     ``run`` turns a batch of pixels into logits: the server passes its request batcher (the same
@@ -184,17 +185,15 @@ def explain(
     started = time.perf_counter()
     index = target_index(target, classifier.labels)  # before any pass: a bad target costs none
     work = working_copy(image, max_edge)
-    base = classifier.preprocess([work])
+    base = classifier.preprocess([work])[0]
     function = classifier.function_to_apply  # the model's own scores, as /predict gives by default
-    probabilities = scores(run(base)[0], function)
-    index = int(np.argmax(probabilities)) if index is None else index
-    score = float(probabilities[index])
     fill = fill_image(work, method.fill, classifier.processor)
     xs, ys = cell_edges(work.width, grid), cell_edges(work.height, grid)
     windows = [(r, c) for r in method.positions(grid) for c in method.positions(grid)]  # row by row
     span = method.window
     boxes = [(xs[c], ys[r], xs[min(c + span, grid)], ys[min(r + span, grid)]) for r, c in windows]
-    drops = np.zeros(len(boxes))
+    found: dict[int, np.ndarray] = {}  # window -> the scores with it occluded
+    unoccluded: list[np.ndarray] = []
     chunk = max(1, chunk)
 
     def run_chunk(start: int) -> int:
@@ -207,20 +206,28 @@ def explain(
                 copy.paste(fill.crop(box), box[:2])
             copies.append(copy)
         pixels = classifier.preprocess(copies)
-        seen = [i for i in range(len(copies)) if not np.array_equal(pixels[i], base[0])]
-        if not seen:
-            return 0  # cropped away by the processor: the model never sees these windows
-        logits = run(np.ascontiguousarray(pixels[seen]))
-        for i, row in zip(seen, logits, strict=True):
-            drops[start + i] = score - scores(row, function)[index]
-        return len(seen)
+        # A window the processor crops away leaves the input unchanged: the model never sees it, no pass.
+        seen = [i for i in range(len(copies)) if not np.array_equal(pixels[i], base)]
+        first = not unoccluded  # the unoccluded image rides with the first chunk: no lone batch of one
+        batch = [base] * first + [pixels[i] for i in seen]
+        if not batch:
+            return 0
+        rows = [scores(row, function) for row in run(np.ascontiguousarray(np.stack(batch)))]
+        if first:
+            unoccluded.append(rows.pop(0))
+        found.update((start + i, row) for i, row in zip(seen, rows, strict=True))
+        return len(batch)
 
-    passes = 1 + sum(map(run_chunk, range(0, len(boxes), chunk)))
+    passes = sum(map(run_chunk, range(0, len(boxes), chunk)))
+    probabilities = unoccluded[0]
+    index = int(np.argmax(probabilities)) if index is None else index
+    score = float(probabilities[index])
+    drops = np.array([score - found[i][index] if i in found else 0.0 for i in range(len(boxes))])
     values, covered = np.zeros((grid, grid)), np.zeros((grid, grid))
     for (r, c), drop in zip(windows, np.clip(drops, 0.0, None), strict=True):
         values[r : r + span, c : c + span] += drop
         covered[r : r + span, c : c + span] += 1
-    values = values / np.maximum(covered, 1) * seen_cells(classifier, work, fill, base[0], xs, ys)
+    values = values / np.maximum(covered, 1) * seen_cells(classifier, work, fill, base, xs, ys)
     peak = values.max()
     return Explanation(
         label=classifier.labels[index],
