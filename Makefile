@@ -19,6 +19,9 @@ BAKED := models/$(notdir $(patsubst %/,%,$(MODEL)))
 # Also bake the fastest runtime that passes the accuracy guard on this CPU, measured (none: plain PyTorch).
 # The examples (alligator, laptop) are the guard's photos; static int8 calibrates on others.
 OPTIMIZE ?= auto
+# pytest-xdist workers, each test file whole on one (its module servers and bakes stay shared): two, the
+# CI machine's cores; a bigger machine can take more (make test TEST_WORKERS=8). 0 runs in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install run test check lint test-deps container-test clean
 
@@ -52,12 +55,12 @@ test-deps: install
 
 test: test-deps
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The fast lane: the slices `server`, `bake` and `browser` (pytest markers) are left out.
 check: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not server and not bake and not browser"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not server and not bake and not browser"
 
 lint: install
 	$(VENV)/bin/ruff check .

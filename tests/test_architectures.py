@@ -25,7 +25,7 @@ from space.bake import BakeError, bake
 from space.bake.guard import MIN_COSINE
 from space.model.folder import OPTIMIZED_MANIFEST
 from space.serving.service import ClassificationService
-from tests.conftest import Photo, Server, classify, loaded_service, wait_until_ready
+from tests.conftest import TEST_CALIBRATION_SIZE, Photo, Server, classify, loaded_service, wait_until_ready
 
 pytestmark = [pytest.mark.server, pytest.mark.bake]
 
@@ -251,7 +251,9 @@ def expected(checkpoints: dict[str, Path], photo: Path) -> dict[str, dict[str | 
 def bake_once(
     checkpoints: dict[str, Path], photo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str, str, str], Baked]:
-    """Bake each (architecture, backend, precision) once, as the bake command does, with the photo."""
+    """Bake each (architecture, backend, precision) once, as the bake command does, with the photo (static
+    int8 on fewer calibration crops than the default: these are tiny random models, and the guard still
+    decides)."""
     root = tmp_path_factory.mktemp("bakes")
     done: dict[tuple[str, str, str], Baked] = {}
 
@@ -261,7 +263,14 @@ def bake_once(
             output = root / "-".join(key)
             examples = {"examples_from": photo.parent, "examples_dir": root / f"examples-{name}"}
             try:
-                bake(str(checkpoints[name]), output, optimize=backend, precision=precision, **examples)
+                bake(
+                    str(checkpoints[name]),
+                    output,
+                    optimize=backend,
+                    precision=precision,
+                    calibration_size=TEST_CALIBRATION_SIZE,
+                    **examples,
+                )
                 done[key] = Baked(output, None)
             except BakeError as error:
                 assert not output.exists(), "a refused bake leaves nothing behind to be served"

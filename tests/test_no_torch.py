@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from space.backends.registry import candidates
 from space.bake import bake
 from space.bake.calibration import CALIBRATION_SIZE, calibration_photos
+from space.serving.explain import DEFAULT
 from tests.conftest import PHOTOS, REPO, Photo, Server, read_photos
 
 pytestmark = [pytest.mark.server, pytest.mark.bake]
@@ -179,7 +180,7 @@ def test_lean_bakes_serve_api_page_and_mcp_without_torch(
                 assert [g["label"] for g in got] == [w["label"] for w in want], photo
                 np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-4)
         explained = http.post("/explain", content=photos[0].path.read_bytes()).json()
-        assert explained["label"] in photos[0].accepted and explained["method"] == "occlusion"
+        assert explained["label"] in photos[0].accepted and explained["method"] == DEFAULT.name
     lion = next(p for p in photos if p.path.name == "lion.jpg")
     shown, _ = Client(server.url, verbose=False).predict(handle_file(str(lion.path)), 3, api_name="/classify")
     assert shown["label"] in lion.accepted, shown

@@ -25,7 +25,7 @@ from space.model.cpu import cpu_flags
 from space.model.folder import has_pytorch_weights
 from space.settings import Settings
 from space.web.app import create_app
-from tests.conftest import PHOTOS, Photo, Server
+from tests.conftest import PHOTOS, TEST_CALIBRATION_SIZE, Photo, Server
 
 pytestmark = pytest.mark.bake
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.bake
 def openvino_bakes(tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny ViT exported for every OpenVINO precision. Its random logits are near ties, so the guard
     here checks the export runs and stays close (cosine 0.9) rather than a real model's bound; static
-    int8 calibrates on five of the photos."""
+    int8 calibrates on 32 crops of five of the photos."""
     root = tmp_path_factory.mktemp("openvino")
     calibration = root / "calibration"
     calibration.mkdir()
@@ -45,7 +45,14 @@ def openvino_bakes(tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         folder = root / precision
         shutil.copytree(tiny_vit, folder)
         export_optimized(
-            folder, folder, "openvino", precision, min_cosine=0.9, min_top1=0.0, calibration_dir=calibration
+            folder,
+            folder,
+            "openvino",
+            precision,
+            min_cosine=0.9,
+            min_top1=0.0,
+            calibration_dir=calibration,
+            calibration_size=TEST_CALIBRATION_SIZE,
         )
         bakes[precision] = folder
     return bakes
@@ -59,7 +66,8 @@ def test_each_precision_is_exported_and_described(openvino_bakes: dict[str, Path
         assert (folder / f"openvino-{precision}.bin").is_file() and "measured" not in chosen  # asked: kept
         assert {p.name for p in folder.glob("openvino-*")} == {f"openvino-{precision}.bin", chosen["file"]}
         if precision == "int8":
-            assert chosen["calibration"]["inputs"] == 300 and len(chosen["calibration"]["photos"]) == 5
+            calibration = chosen["calibration"]
+            assert calibration["inputs"] == TEST_CALIBRATION_SIZE and len(calibration["photos"]) == 5
         else:
             assert "calibration" not in chosen
 

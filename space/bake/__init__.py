@@ -82,6 +82,7 @@ def optimize_model(
     calibration_dir: Path | None = None,
     min_top1: float = 1.0,
     measure_seconds: float | None = None,
+    calibration_size: int | None = None,
 ) -> dict[str, Any]:
     """Export and accuracy-check the serving backend in ``model_dir`` (writes ``optimized.json``); with
     ``auto``, the fastest that passes the guard on this CPU. ``photos`` are the guard's; static int8
@@ -98,6 +99,7 @@ def optimize_model(
             calibration_dir=calibration_dir,
             min_top1=min_top1,
             measure_seconds=measure_seconds,
+            calibration_size=calibration_size,
         )
     except Exception as exc:
         raise BakeError(f"optimising ({backend}, {precision}) failed: {type(exc).__name__}: {exc}") from None
@@ -155,6 +157,7 @@ def bake(
     calibration_dir: Path | None = None,
     min_top1: float = 1.0,
     measure_seconds: float | None = None,
+    calibration_size: int | None = None,
 ) -> dict[str, Any]:
     """Fetch, verify and describe a model in ``output``; returns the manifest it wrote.
 
@@ -188,7 +191,14 @@ def bake(
         if optimize != "none":
             photos = [examples_dir / e.file for e in examples] if examples_dir else []
             choice = optimize_model(
-                output, optimize, precision, photos, calibration_dir, min_top1, measure_seconds
+                output,
+                optimize,
+                precision,
+                photos,
+                calibration_dir,
+                min_top1,
+                measure_seconds,
+                calibration_size,
             )
             if not keep_pytorch_weights:
                 make_lean(output, choice)
@@ -247,6 +257,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "bytes as an example photo is left out, since the accuracy guard evaluates on those",
     )
     parser.add_argument(
+        "--calibration-size",
+        type=int,
+        default=None,
+        help="inputs (augmented crops of those photos) static int8 calibrates on (default 300, NNCF's own "
+        "default); fewer bake faster and may calibrate worse, which the accuracy guard then measures",
+    )
+    parser.add_argument(
         "--measure-seconds",
         type=float,
         default=None,
@@ -283,6 +300,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             calibration_dir=getattr(args, "calibration_dir", None),
             min_top1=getattr(args, "min_top1_agreement", 1.0),
             measure_seconds=getattr(args, "measure_seconds", None),
+            calibration_size=getattr(args, "calibration_size", None),
         )
     except BakeError as exc:
         raise SystemExit(f"bake: error: {exc}") from None

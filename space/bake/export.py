@@ -24,7 +24,7 @@ import numpy as np
 from space.backends import Backend
 from space.backends.choice import choose
 from space.backends.registry import ONNX_RUNTIME, RuntimeSpec, by_name, candidates
-from space.bake.calibration import calibration_inputs, calibration_photos
+from space.bake.calibration import CALIBRATION_SIZE, calibration_inputs, calibration_photos
 from space.bake.guard import MIN_COSINE, MIN_TOP1_AGREEMENT, AccuracyError, evaluation_inputs, judge, rows
 from space.bake.probe import MAX_BATCH, probe
 from space.bake.speed import measure_speed
@@ -48,6 +48,7 @@ def export_optimized(
     min_top1: float = MIN_TOP1_AGREEMENT,
     calibration_dir: Path | None = None,
     measure_seconds: float | None = None,
+    calibration_size: int | None = None,
 ) -> Path:
     """Make the optimised model for ``model_dir`` in ``out_dir``, guard its accuracy, and describe it.
 
@@ -75,7 +76,7 @@ def export_optimized(
     measure = len(choices) > 1
     measure_seconds = measure_seconds or MEASURE_SECONDS
     ref, processor, image_size = reference(model_dir)
-    sources = Sources(ref.model, processor, image_size, photos, calibration_dir)
+    sources = Sources(ref.model, processor, image_size, photos, calibration_dir, calibration_size)
     inputs = evaluation_inputs(processor, image_size, photos)
     expected = rows(ref, inputs)
     names = [p.name for p in photos]
@@ -151,10 +152,12 @@ class Sources:
         image_size: tuple[int, int],
         photos: Sequence[Path],
         calibration_dir: Path | None,
+        calibration_size: int | None = None,
     ) -> None:
         self.model, self.processor, self.image_size = model, processor, image_size
         self.photos = list(photos)
         self.calibration_dir = calibration_dir
+        self.calibration_size = calibration_size or CALIBRATION_SIZE
         self.scratch: Path | None = None
         self._onnx: Path | None = None
         self._calibration: list[np.ndarray] | None = None
@@ -176,7 +179,9 @@ class Sources:
                     f"no calibration photos in {self.calibration_dir or 'gradio media_assets'} that are not "
                     "among the guard's photos; static int8 needs real images (--calibration-dir)"
                 )
-            self._calibration = calibration_inputs(self._calibration_photos, self.processor)
+            self._calibration = calibration_inputs(
+                self._calibration_photos, self.processor, self.calibration_size
+            )
         return self._calibration
 
     @property

@@ -431,7 +431,7 @@ def _bake_copy(model: Path, target: Path, quick: bool = False) -> Path:
     on this CPU), keeping the PyTorch weights that the baseline serves."""
     print("baking the optimised model (python -m space bake) ...", file=sys.stderr, flush=True)
     command = [*bake_command(model, target, target.parent), "--optimize", "auto", "--keep-pytorch-weights"]
-    command += ["--measure-seconds", "0.3"] if quick else []
+    command += ["--measure-seconds", "0.3", "--calibration-size", "32"] if quick else []
     subprocess.run(command, check=True, stdout=sys.stderr)
     return target
 
