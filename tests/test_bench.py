@@ -99,7 +99,8 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
         rf"^{re.escape(served[1])}: 640x480 x4: ([\d.]+) img/s = (\d+)% of its best bare \(([\d.]+)\); "
         r"x4 sending 8 per request: ([\d.]+) img/s = (\d+)%; "
         r"([\d.]+)x the baseline; x1 p50 (\d+) ms = bare alone \+ (-?\d+) ms; "
-        r"12MP x1 p50 = 640x480's \+ (-?\d+) ms; page x4 = (\d+)% of the API$",
+        r"12MP x1 p50 = 640x480's \+ (-?\d+) ms; page x4 = (\d+)% of the API; "
+        r"server CPU per image x4 outside inference ([\d.]+) ms, inference (\d+) ms$",
         result.stdout,
         re.MULTILINE,
     )
@@ -108,6 +109,9 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
     api, base = figures["vit-space", "640x480", 4], figures["baseline", "640x480", 4]
     best = max(data["bare"]["batch_images_per_s"], data["bare"]["images_per_s"])
     assert float(ratios[3]) == best and int(ratios[2]) == round(100 * api["images_per_s"] / best)
+    # The server's CPU split by thread: both sides measured, the ratio line prints the API's.
+    assert api["serving_cpu_ms"] > 0 and api["inference_cpu_ms"] > 0, api
+    assert float(ratios[11]) == round(api["serving_cpu_ms"], 1), (ratios[11], api)
     many = figures["vit-space 8/request", "640x480", 4]
     assert many["per_request"] == 8
     assert many["images_per_s"] == pytest.approx(8 * many["requests"] / many["seconds"], rel=0.01)

@@ -72,13 +72,13 @@ def lean_bakes(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     root = tmp_path_factory.mktemp("lean")
     for name, (backend, precision) in BAKES.items():
         examples = {"examples_from": PHOTOS, "examples_dir": root / f"examples-{name}"}
-        # Half a second per speed figure: enough to rank the candidates, which is all that is checked here.
+        # A quarter of a second per speed figure: enough to rank the candidates, all that is checked here.
         bake(
             str(real_model),
             root / name,
             optimize=backend,
             precision=precision,
-            measure_seconds=0.5,
+            measure_seconds=0.25,
             **examples,
         )
     return {name: root / name for name in BAKES}

@@ -25,7 +25,7 @@ from space.model.cpu import cpu_flags
 from space.model.folder import has_pytorch_weights
 from space.settings import Settings
 from space.web.app import create_app
-from tests.conftest import PHOTOS, TEST_CALIBRATION_SIZE, Photo, Server
+from tests.conftest import PHOTOS, TEST_CALIBRATION_SIZE, Photo, Server, wait_until_ready
 
 pytestmark = pytest.mark.bake
 
@@ -102,9 +102,10 @@ def test_every_precision_serves_over_http(
     openvino_bakes: dict[str, Path], server_factory: Callable[..., Server], photos: list[Photo]
 ) -> None:
     """Each bake served as a user would serve it: /info names it, and the answers are softmaxed scores
-    that came through the batcher."""
-    for precision, folder in openvino_bakes.items():
-        server = server_factory(folder)
+    that came through the batcher. The servers start at once, so that their start-ups overlap."""
+    servers = {p: server_factory(folder, wait_ready=False) for p, folder in openvino_bakes.items()}
+    for precision, server in servers.items():
+        wait_until_ready(server, timeout=300)
         with server.client() as http:
             info = http.get("/info").json()["model"]
             assert info["backend"] == f"openvino-{precision}" and "openvino" in info["versions"], info

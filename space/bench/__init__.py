@@ -416,6 +416,11 @@ def serving_ratios(results: list[dict[str, object]]) -> str:
                 parts.append(f"{other} x{one} p50 = {image}'s + {api[other, one]['p50_ms'] - lone:.0f} ms")
         if (image, most) in page:
             parts.append(f"page x{most} = {100 * page[image, most]['images_per_s'] / served:.0f}% of the API")
+        cpu = api[image, most]
+        parts.append(
+            f"server CPU per image x{most} outside inference {cpu['serving_cpu_ms']:.1f} ms, "
+            f"inference {cpu['inference_cpu_ms']:.0f} ms"
+        )
         lines.append(f"{result['runtime']}: " + "; ".join(parts))
     return "\n".join(lines)
 

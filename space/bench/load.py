@@ -37,6 +37,10 @@ class Cell:
     peak_rss_mb: float
     load: float  # the machine's 1-minute load average when the cell started
     per_request: int = 1
+    # The server's CPU milliseconds per image served in the cell, outside and inside the threads that run
+    # the model (read from /proc/<pid>/task; nan for a server that does not name them: the baseline).
+    serving_cpu_ms: float = float("nan")
+    inference_cpu_ms: float = float("nan")
 
 
 def drive(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], int, float]:
@@ -353,12 +357,9 @@ def run_cells(
     for image_name, body in images.items():
         for count in clients:
             for server in servers:
-                load = os.getloadavg()[0]
-                cells.append(
-                    _cell(
-                        server, server.name, image_name, count, drive(server.url, body, count, seconds), load
-                    )
-                )
+                load, cpu = os.getloadavg()[0], server.cpu_split_s()
+                measured = drive(server.url, body, count, seconds)
+                cells.append(_cell(server, server.name, image_name, count, measured, load, cpu=cpu))
                 print(f"  {row(cells[-1])} load {load:.1f}", file=sys.stderr, flush=True)
     order = {server.name: i for i, server in enumerate(servers)}
     return sorted(cells, key=lambda c: order[c.server])  # stable: each server's cells in run order
@@ -374,10 +375,10 @@ def many_cell(
 
     name = httpx.get(f"{server.url}/info", timeout=10).json()["name"]
     files = [make_jpeg(size, seed=seed) for seed in range(per_request)]
-    load = os.getloadavg()[0]
+    load, cpu = os.getloadavg()[0], server.cpu_split_s()
     measured = drive_v2(server.url, name, files, clients, seconds)
     cell = _cell(
-        server, f"{server.name} {per_request}/request", image_name, clients, measured, load, per_request
+        server, f"{server.name} {per_request}/request", image_name, clients, measured, load, per_request, cpu
     )
     print(f"  {row(cell)} load {load:.1f}", file=sys.stderr, flush=True)
     return cell
@@ -385,9 +386,9 @@ def many_cell(
 
 def page_cell(server: Process, image_name: str, body: bytes, clients: int, seconds: float) -> Cell:
     """The page's queue: ``clients`` gradio_client users of the Classify event (server "<name> page")."""
-    load = os.getloadavg()[0]
+    load, cpu = os.getloadavg()[0], server.cpu_split_s()
     measured = drive_page(server.url, body, clients, seconds)
-    cell = _cell(server, f"{server.name} page", image_name, clients, measured, load)
+    cell = _cell(server, f"{server.name} page", image_name, clients, measured, load, cpu=cpu)
     print(f"  {row(cell)} load {load:.1f}", file=sys.stderr, flush=True)
     return cell
 
@@ -400,8 +401,13 @@ def _cell(
     measured: tuple[list[float], int, float],
     load: float,
     per_request: int = 1,
+    cpu: tuple[float, float] | None = None,
 ) -> Cell:
+    """The cell's figures; ``cpu``: the server's :meth:`Process.cpu_split_s` when the cell began."""
     latencies, errors, wall = measured
+    images = per_request * (len(latencies) - errors)
+    spent = [b - a for a, b in zip(cpu, server.cpu_split_s(), strict=True)] if cpu and images else None
+    named = spent is not None and spent[0] > 0  # a server whose inference threads are named: not the baseline
     return Cell(
         server=name,
         image=image_name,
@@ -416,6 +422,8 @@ def _cell(
         peak_rss_mb=server.peak_rss_mb(),
         load=round(load, 2),
         per_request=per_request,
+        serving_cpu_ms=round(1000 * spent[1] / images, 2) if named else float("nan"),
+        inference_cpu_ms=round(1000 * spent[0] / images, 2) if named else float("nan"),
     )
 
 

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from space.serving.threads import INFERENCE
+
 BASELINE = [sys.executable, "-m", "space.bench.baseline"]  # + model folder; the port is appended
 
 
@@ -57,6 +59,21 @@ class Process:
         """CPU seconds (user + system, all threads) the server process has used so far."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def cpu_split_s(self) -> tuple[float, float]:
+        """CPU seconds so far of the threads that run the model (named ``inference*``: the batcher's
+        workers and the runtime's pools, :mod:`space.serving.threads`), and of all the others: decoding,
+        preprocessing, HTTP, JSON, thread hops (threads that ended count there too)."""
+        tick, inference = os.sysconf("SC_CLK_TCK"), 0.0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if stat[stat.index("(") + 1 : stat.rindex(")")].startswith(INFERENCE):
+                inference += (int(fields[11]) + int(fields[12])) / tick
+        return inference, self.cpu_s() - inference
 
     def rss_mb(self) -> float:
         """VmRSS: the resident memory of the server process now."""

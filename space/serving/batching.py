@@ -19,6 +19,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from space.serving.threads import INFERENCE
+from space.serving.threads import set_name as name_os_thread
+
 log = logging.getLogger(__name__)
 
 _STOP = object()
@@ -44,7 +47,7 @@ class Batcher:
         self.batches = 0  # counters for tests (/metrics counts batches in space.metrics.counted)
         self.items = 0
         self._threads = [
-            threading.Thread(target=self._work, name=f"inference-{i}", daemon=True) for i in range(workers)
+            threading.Thread(target=self._work, name=f"{INFERENCE}-{i}", daemon=True) for i in range(workers)
         ]
         for thread in self._threads:
             thread.start()
@@ -85,6 +88,7 @@ class Batcher:
             thread.join(timeout=30)
 
     def _work(self) -> None:
+        name_os_thread(threading.current_thread().name)  # "inference-N", as the bench reads it
         while True:
             first = self._queue.get()
             if first is _STOP:

@@ -24,6 +24,8 @@ from space.backends.choice import Choice, load_backend
 from space.errors import ModelUnavailable
 from space.model.folder import read_bake_manifest
 from space.serving import metrics
+from space.serving.threads import INFERENCE
+from space.serving.threads import named as named_thread
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,8 @@ def load_resolved(
             "The folder needs config.json (of an image-classification architecture), "
             "preprocessor_config.json and complete weights (model.safetensors); re-bake or re-download it."
         ) from None
-    engine = load_backend(path, choice, threads, workers)
+    with named_thread(f"{INFERENCE}-pool"):  # the runtime's own threads, started here, carry the name
+        engine = load_backend(path, choice, threads, workers)
     info = ModelInfo(
         model=model,
         revision=commit,
@@ -179,7 +182,8 @@ def load_resolved(
     labels = {int(k): v for k, v in config.id2label.items()}
     classifier = Classifier(processor, engine, labels, info)
     try:
-        classifier.warm_up()
+        with named_thread(f"{INFERENCE}-pool"):  # PyTorch starts its pool at the first inference
+            classifier.warm_up()
     except Exception as error:
         raise ModelUnavailable(
             f"The model in {str(path)!r} loads but fails its first inference on a blank "
