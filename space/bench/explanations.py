@@ -10,8 +10,8 @@
   on another photo blurred past recognition; is the hottest cell on the object, and is the map hotter on
   it than off it?
 
-Both take two callables, so that the same measure runs against a server over HTTP (``explain`` from
-``/explain``, ``score`` from the v2 protocol) or in process (to compare methods).
+Both take two callables, the map and the class's score, so that one measure compares every method: the
+bench runs them in process on one model, and the tests run the served method through the service.
 """
 
 from __future__ import annotations
@@ -187,51 +187,9 @@ def summary(placements: Sequence[tuple[bool, bool]], photos: Sequence[Curves]) -
     )
 
 
-def png(image: Image.Image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")  # lossless: the frames' black and blurred cells stay exactly so
-    return buffer.getvalue()
-
-
-class Served:
-    """A running server as the measure's two callables: ``/explain`` gives the map, the v2 protocol the
-    scores (every class, binary; in requests of at most ``batch`` images)."""
-
-    def __init__(self, url: str, batch: int = 16) -> None:
-        import httpx
-
-        self.http = httpx.Client(base_url=url, timeout=600)
-        self.name = self.http.get("/info").json()["name"]
-        self.labels = self.http.get("/labels").json()["labels"]
-        self.batch = batch
-
-    def explain(self, image: Image.Image, label: str) -> np.ndarray:
-        answer = self.http.post("/explain", params={"target": label}, content=png(image))
-        answer.raise_for_status()
-        return np.asarray(answer.json()["grid"])
-
-    def score(self, images: Sequence[Image.Image], label: str) -> np.ndarray:
-        from space.bench.load import binary_request, binary_scores
-        from space.web.v2_tensors import HEADER_LENGTH
-
-        index, found = self.labels.index(label), []
-        for start in range(0, len(images), self.batch):
-            body, length = binary_request(
-                [png(image) for image in images[start : start + self.batch]], classes=0
-            )
-            answer = self.http.post(
-                f"/v2/models/{self.name}/infer", content=body, headers={HEADER_LENGTH: str(length)}
-            )
-            answer.raise_for_status()
-            found.append(binary_scores(answer.content, int(answer.headers[HEADER_LENGTH]))[:, index])
-        return np.concatenate(found)
-
-
 def measure(
-    served: Explain | Served,
-    score: Score | None,
+    explain: Explain,
+    score: Score,
     objects: Sequence[tuple[str, Image.Image, str]],
     seed: int = 17,
     modes: Sequence[str] = ("deletion", "insertion"),
@@ -240,8 +198,6 @@ def measure(
 ) -> tuple[list[tuple[bool, bool]], list[Curves]]:
     """Localisation of every busy-background placement, and the curves (``modes``; deletion to black with
     ``black``) of every object photo."""
-    explain = served.explain if isinstance(served, Served) else served
-    score = score or served.score  # type: ignore[union-attr]
     placed = [localised(explain(p.image, p.label), p.mask) for p in busy_backgrounds(objects, seed)]
     photos = [
         curves(name, image, label, explain(image, label), score, seed + i, modes, black, randoms)

@@ -12,12 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from space.bench.servers import Process
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 @dataclass
@@ -464,10 +460,9 @@ def row(cell: Cell, baseline: Cell | None = None, limits: dict[str, float] | Non
     )
 
 
-def binary_request(files: list[bytes], classes: int = 1) -> tuple[bytes, int]:
-    """A binary inference request of ``files`` (what ``tritonclient`` sends): the body and its JSON
-    header's length, for load generators that build it once. ``classes=0`` asks for every score, in
-    binary (:func:`binary_scores` reads them)."""
+def binary_request(files: list[bytes]) -> tuple[bytes, int]:
+    """A binary inference request of ``files`` (what ``tritonclient`` sends), asking for each image's
+    best class: the body and its JSON header's length, for load generators that build it once."""
     import json
 
     from space.web import v2_tensors
@@ -479,16 +474,6 @@ def binary_request(files: list[bytes], classes: int = 1) -> tuple[bytes, int]:
         "shape": [len(files)],
         "parameters": {"binary_data_size": len(data)},
     }
-    asked = {"classification": classes} if classes else {"binary_data": True}
-    header = json.dumps({"inputs": [tensor], "outputs": [{"name": v2_tensors.OUTPUT, "parameters": asked}]})
+    asked = {"name": v2_tensors.OUTPUT, "parameters": {"classification": 1}}
+    header = json.dumps({"inputs": [tensor], "outputs": [asked]})
     return header.encode() + data, len(header)
-
-
-def binary_scores(body: bytes, header_length: int) -> np.ndarray:
-    """The scores of an answer to ``binary_request(files, classes=0)``: images x labels."""
-    import json
-
-    import numpy as np
-
-    [tensor] = json.loads(body[:header_length])["outputs"]
-    return np.frombuffer(body[header_length:], dtype="<f4").reshape(tensor["shape"])
