@@ -285,7 +285,7 @@ def servers(
     checkpoints: dict[str, Path],
     bake_once: Callable[[str, str, str], Baked],
     server_factory: Callable[..., Server],
-) -> Iterator[dict[str, Server]]:
+) -> dict[str, Server]:
     """Real servers, started at once so that their start-ups overlap: the ViT as a plain folder (PyTorch)
     and as its ONNX Runtime fp32 bake (a non-PyTorch artifact must start), and the multi-label ViT with its
     page. Every architecture's answers are checked in process, through the same service the server runs."""
@@ -298,15 +298,9 @@ def servers(
     }
     env = {"SPACE_THREADS": "1", "SPACE_TOP_K": "5"}  # 5: the pipeline's default top_k
     started = {key: server_factory(folder, env=env, wait_ready=False) for key, folder in wanted.items()}
-    try:
-        for server in started.values():
-            wait_until_ready(server, timeout=300)
-        yield started
-    finally:  # disposable: a graceful stop costs each a few seconds of CPU
-        for server in started.values():
-            server.process.kill()
-        for server in started.values():
-            server.process.wait()
+    for server in started.values():  # killed with the module's other servers (conftest.ServerFactory)
+        wait_until_ready(server, timeout=300)
+    return started
 
 
 def served(folder: Path) -> ClassificationService:

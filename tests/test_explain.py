@@ -24,7 +24,7 @@ from space.bench import explanations as measure
 from space.errors import BadParameter
 from space.serving.explain import DEFAULT, Explanation, fill_colour
 from space.serving.images import read_file
-from space.serving.overlay import legend, overlay, with_scale
+from space.serving.overlay import drawn, legend, overlay
 from space.serving.params import EXPLAIN, Params, parse, target_index
 from space.serving.service import ClassificationService
 from tests.conftest import Photo, loaded_service, predict_alone
@@ -165,7 +165,7 @@ def test_overlay_keeps_cold_pixels_colours_hot_ones_and_shows_its_scale() -> Non
     assert tuple(out[5, 5]) == (0, 0, 255)  # far from the hot cell: untouched
     assert out[35, 135, 0] > 120 and out[35, 135, 2] < 140  # the hot cell: red laid over the blue
     shown = Explanation("zebra", 340, 0.9, grid, DEFAULT.passes(7), 1.2, DEFAULT.name)
-    scaled = np.asarray(with_scale(overlay(image, grid), shown))
+    scaled = np.asarray(drawn(image, shown))
     assert scaled.shape[0] > 70 + 30 and scaled.shape[1] >= 320  # a strip under the picture
     bar = scaled[70 + 12, 92:258]  # the colour scale: from white ("no effect") to red ("most")
     assert bar[0].min() > 240 and bar[-1][0] > 200 and bar[-1][2] < 120, (bar[0], bar[-1])

@@ -116,7 +116,6 @@ def test_every_precision_serves_over_http(
         assert re.search(r"^space_batch_size_count\s+[1-9]", metrics, re.M), (
             precision
         )  # served by the batcher
-        server.stop()
 
 
 def test_calibration_never_holds_a_guard_photo(tmp_path: Path) -> None:

@@ -267,33 +267,20 @@ def _explanations_main(model: Path, photos: Path) -> int:
         objects.append((entry["file"], photo, label, label in entry["accepted_labels"].split(" | ")))
     right = [(n, p, label) for n, p, label, ok in objects if ok]
     chosen = right if len(right) >= 3 else [(n, p, label) for n, p, label, _ in objects]
-    methods = {
-        f"{DEFAULT.name} (served)": measure.in_process(served, DEFAULT),
-        "occlusion, 1x1 cells, grey fill (before)": measure.in_process(served, Method(1, 1, "grey")),
-        "occlusion, 2x2-cell windows every 1 cell, grey fill": measure.in_process(
-            served, Method(2, 1, "grey")
-        ),
-        "occlusion, 2x2-cell windows every 1 cell, mean fill": measure.in_process(
-            served, Method(2, 1, "mean")
-        ),
-        "occlusion, 1x1 cells, blur fill": measure.in_process(served, Method(1, 1, "blur")),
-        "occlusion, 3x3-cell windows every 1 cell, blur fill": measure.in_process(
-            served, Method(3, 1, "blur")
-        ),
-        "two scales: 2x2 and 4x4-cell windows, blur fill": (
-            measure.merged(
-                measure.in_process(served, DEFAULT)[0], measure.in_process(served, Method(4, 1))[0]
-            ),
-            measure.scorer(served),
-        ),
-        "RISE, 49 random masks, blur fill": (measure.rise(served), measure.scorer(served)),
-    }
+    served_name = f"{DEFAULT.name} (served; 1x1 grey was served before)"
+    methods = {served_name: measure.in_process(served, DEFAULT)}
+    for window, fill in ((1, "grey"), (2, "grey"), (2, "mean"), (1, "blur"), (3, "blur")):
+        method = Method(window, 1, fill)
+        methods[method.name] = measure.in_process(served, method)
+    two_scales = measure.merged(methods[served_name][0], measure.in_process(served, Method(4))[0])
+    methods["two scales merged: 2x2 and 4x4-cell windows, blur fill"] = (two_scales, measure.scorer(served))
+    methods["RISE, 49 random masks, blur fill"] = (measure.rise(served), measure.scorer(served))
     print(f"model: {model.name}; {len(chosen)} photos ({len(right)} classified right), 2 placements each")
     randoms: dict[tuple[object, ...], float] = {}  # the random orders' areas, the same for every method
     for name, (explain, score) in methods.items():
         placed, curves = measure.measure(explain, score, chosen, randoms=randoms)
         print(f"{name}: {measure.summary(placed, curves)}", flush=True)
-    explain, score = methods[f"{DEFAULT.name} (served)"]
+    explain, score = methods[served_name]
     placed, curves = measure.measure(explain, score, chosen, black=True, randoms=randoms)
     print(f"{DEFAULT.name} (served), deleting to black: {measure.summary(placed, curves)}", flush=True)
     service.close()

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from space.serving.explain import DEFAULT, Method, cell_boxes, cell_edges, explain, fill_image
+
 Explain = Callable[[Image.Image, str], np.ndarray]  # (image, label) -> the map's grid
 Score = Callable[[Sequence[Image.Image], str], np.ndarray]  # (images, label) -> that class's scores
 
@@ -84,8 +86,7 @@ def busy_backgrounds(
 
 def cell_shares(mask: np.ndarray, cells: int) -> np.ndarray:
     """The share of each grid cell covered by ``mask``."""
-    ys = np.linspace(0, mask.shape[0], cells + 1).round().astype(int)
-    xs = np.linspace(0, mask.shape[1], cells + 1).round().astype(int)
+    ys, xs = cell_edges(mask.shape[0], cells), cell_edges(mask.shape[1], cells)
     return np.array(
         [[mask[ys[r] : ys[r + 1], xs[c] : xs[c + 1]].mean() for c in range(cells)] for r in range(cells)]
     )
@@ -106,13 +107,8 @@ def frames(
 ) -> list[Image.Image]:
     """The images along a curve: deletion blurs the cells in ``order`` (or paints them black: ``black``);
     insertion copies them in ``order`` onto the image blurred."""
-    width, height = image.size
-    xs = np.linspace(0, width, cells + 1).round().astype(int)
-    ys = np.linspace(0, height, cells + 1).round().astype(int)
-    boxes = [
-        (xs[i % cells], ys[i // cells], xs[i % cells + 1], ys[i // cells + 1]) for i in range(cells * cells)
-    ]
-    blurred = image.filter(ImageFilter.GaussianBlur(max(image.size) / 16))  # as space.serving.explain's fill
+    boxes = cell_boxes(*image.size, cells, cells)  # row by row, as the grid's cells are numbered
+    blurred = fill_image(image, "blur", None)  # removed as the map removes them
     if mode == "deletion":
         current, source = image.copy(), Image.new("RGB", image.size) if black else blurred
     else:
@@ -209,9 +205,8 @@ def measure(
 # --- Comparing methods in process (``python -m space bench --explanations``) -----------------------------
 
 
-def in_process(model: object, method: object) -> tuple[Explain, Score]:
+def in_process(model: object, method: Method = DEFAULT) -> tuple[Explain, Score]:
     """The served method's code (space.serving.explain) with ``method``, and the model's own scores."""
-    from space.serving.explain import explain
 
     def explain_with(image: Image.Image, label: str) -> np.ndarray:
         return explain(model, image, label, chunk=16, method=method).grid  # type: ignore[arg-type]
@@ -239,7 +234,7 @@ def rise(model: object, masks: int = 49, cells: int = 7, seed: int = 0) -> Expla
     def explain_with(image: Image.Image, label: str) -> np.ndarray:
         rng = np.random.default_rng(seed)
         width, height = image.size
-        blurred = image.filter(ImageFilter.GaussianBlur(max(image.size) / 16))
+        blurred = fill_image(image, "blur", None)
         cell_w, cell_h = width / cells, height / cells
         copies, maps = [], []
         for _ in range(masks):

@@ -57,22 +57,20 @@ class Process:
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system, all threads) the server process has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu_s(Path(f"/proc/{self.process.pid}/stat").read_text())
 
     def cpu_split_s(self) -> tuple[float, float]:
         """CPU seconds so far of the threads that run the model (named ``inference*``: the batcher's
         workers and the runtime's pools, :mod:`space.serving.threads`), and of all the others: decoding,
         preprocessing, HTTP, JSON, thread hops (threads that ended count there too)."""
-        tick, inference = os.sysconf("SC_CLK_TCK"), 0.0
+        inference = 0.0
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             try:
                 stat = (task / "stat").read_text()
             except OSError:  # ended meanwhile
                 continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if stat[stat.index("(") + 1 : stat.rindex(")")].startswith(INFERENCE):
-                inference += (int(fields[11]) + int(fields[12])) / tick
+            if stat[stat.index("(") + 1 : stat.rindex(")")].startswith(INFERENCE):  # the thread's name
+                inference += stat_cpu_s(stat)
         return inference, self.cpu_s() - inference
 
     def rss_mb(self) -> float:
@@ -93,3 +91,9 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def stat_cpu_s(stat: str) -> float:
+    """User + system CPU seconds from a /proc ``stat`` line (of a process or of one of its threads)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -12,10 +12,10 @@ picture whatever the resize and crop rules; a window the processor crops away le
 unchanged, is not run, and counts 0.
 
 The method was chosen by measurement (``python -m space bench --explanations``, docs/explanations.md):
-windows of 2 x 2 cells with a stride of one cell and a blurred fill removed the score faster than random
-orders on more of the committed photos (the deletion curve of Petsiuk et al., RISE, BMVC 2018) and found
-objects on busy backgrounds more often than grey cells, single blurred cells, two scales or random masks
-with the same number of passes. :class:`space.serving.explainer.Explainer` bounds the cost.
+of grey, mean-colour and blurred fills, single cells, 2x2 and 3x3 windows, two scales and random masks,
+2x2 windows with a blurred fill were the only ones both to find objects on busy backgrounds and to remove
+the score faster than random orders (the deletion curve of Petsiuk et al., RISE, BMVC 2018) on the
+committed photos, with the fewest passes. :class:`space.serving.explainer.Explainer` bounds the cost.
 """
 
 from __future__ import annotations
@@ -134,21 +134,23 @@ def seen_cells(
     ys: np.ndarray,
 ) -> np.ndarray:
     """1 for the cells the model sees, 0 for those its processor crops away: a window that straddles both
-    must not lend its drop to a cell the model never saw. One processor call per row and column (no pass)."""
+    must not lend its drop to a cell the model never saw. One processor call (a strip per row and column),
+    no forward pass."""
 
-    def seen(boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
-        strips = []
-        for box in boxes:
-            copy = image.copy()
-            if box[2] > box[0] and box[3] > box[1]:
-                copy.paste(fill.crop(box), box[:2])
-            strips.append(copy)
-        pixels = classifier.preprocess(strips)
-        return np.array([not np.array_equal(p, base) for p in pixels])
+    columns = [(xs[c], 0, xs[c + 1], image.height) for c in range(len(xs) - 1)]
+    rows = [(0, ys[r], image.width, ys[r + 1]) for r in range(len(ys) - 1)]
+    pixels = classifier.preprocess([occluded(image, fill, box) for box in columns + rows])
+    seen = np.array([not np.array_equal(p, base) for p in pixels])
+    return np.outer(seen[len(columns) :], seen[: len(columns)]).astype(float)
 
-    columns = seen([(xs[c], 0, xs[c + 1], image.height) for c in range(len(xs) - 1)])
-    rows = seen([(0, ys[r], image.width, ys[r + 1]) for r in range(len(ys) - 1)])
-    return np.outer(rows, columns).astype(float)
+
+def occluded(image: Image.Image, fill: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """A copy of ``image`` with ``box`` taken from ``fill`` (an image narrower than the grid has empty
+    boxes: the copy is the image)."""
+    copy = image.copy()
+    if box[2] > box[0] and box[3] > box[1]:
+        copy.paste(fill.crop(box), box[:2])
+    return copy
 
 
 def working_copy(image: Image.Image, max_edge: int) -> Image.Image:
@@ -199,12 +201,7 @@ def explain(
     def run_chunk(start: int) -> int:
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceeded("The explanation took longer than the request time limit; retry later.")
-        copies = []
-        for box in boxes[start : start + chunk]:
-            copy = work.copy()
-            if box[2] > box[0] and box[3] > box[1]:  # an image narrower than the grid has empty cells
-                copy.paste(fill.crop(box), box[:2])
-            copies.append(copy)
+        copies = [occluded(work, fill, box) for box in boxes[start : start + chunk]]
         pixels = classifier.preprocess(copies)
         # A window the processor crops away leaves the input unchanged: the model never sees it, no pass.
         seen = [i for i in range(len(copies)) if not np.array_equal(pixels[i], base)]

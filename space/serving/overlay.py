@@ -35,9 +35,11 @@ def overlay(image: Image.Image, grid: np.ndarray, max_edge: int = OVERLAY_MAX_ED
     return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8), "RGB")
 
 
-def with_scale(picture: Image.Image, explanation: Explanation) -> Image.Image:
-    """The picture with a strip under it: the colour scale from "no effect" to "most", and the class and
-    method, so that the image explains itself wherever it is shown."""
+def drawn(image: Image.Image, explanation: Explanation) -> Image.Image:
+    """The map laid over ``image``, with a strip under it: the colour scale from "no effect" to "most",
+    and the class and method, so that the picture explains itself wherever it is shown (the PNG answer,
+    the page, MCP)."""
+    picture = overlay(image, explanation.grid)
     width = max(picture.width, 320)
     out = Image.new("RGB", (width, picture.height + SCALE_HEIGHT), "white")
     out.paste(picture, (0, 0))

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from space.errors import BadParameter
 from space.serving import params
-from space.serving.overlay import overlay, png_bytes, with_scale
+from space.serving.overlay import drawn, png_bytes
 from space.web import routes
 from space.web.bodies import ACCEPTED, image_request_body, read_images
 from space.web.deps import BodyLimitsDep, ServiceDep
@@ -75,8 +75,7 @@ async def explain(
         asked = params.parse({"target": target}, body.parameters, accepted=params.EXPLAIN)
         explanation, image = await service.explain(body.images[0], asked, slot)
     if output == "png":
-        picture = with_scale(overlay(image, explanation.grid), explanation)
-        return Response(png_bytes(picture), media_type="image/png")
+        return Response(png_bytes(drawn(image, explanation)), media_type="image/png")
     return explanation.as_dict()
 
 

@@ -11,7 +11,7 @@ import gradio as gr
 
 from space.errors import UserError
 from space.serving import params
-from space.serving.overlay import legend, overlay, with_scale
+from space.serving.overlay import drawn, legend
 from space.serving.service import ClassificationService
 from space.web.bulk import bulk_tab
 from space.web.errors import REFUSALS
@@ -119,8 +119,7 @@ def build_ui(service: ClassificationService) -> gr.Blocks:
             explanation, picture = await service.explain(path, asked)
         except REFUSALS as error:
             raise page_error(error) from None
-        picture = with_scale(overlay(picture, explanation.grid), explanation)
-        return picture, legend(explanation), explanation.as_dict()
+        return drawn(picture, explanation), legend(explanation), explanation.as_dict()
 
     def explainable(result: Any) -> tuple[Any, None, str]:
         """The classes of the latest result ({label: probability}), top first, for the class picker; the
