@@ -1,6 +1,6 @@
 """OpenVINO: each precision baked by the real export (ONNX -> OpenVINO, NNCF for int8) and served over
-HTTP; static int8 calibrated on real photos that the guard does not evaluate on; the page's queue and
-the API sharing one batcher."""
+HTTP; static int8 calibrated on real photos that the guard does not evaluate on, with accuracy control
+in a child process; the page's queue and the API sharing one batcher."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from space.backends.registry import OPENVINO
 from space.bake import make_lean
 from space.bake.calibration import calibration_inputs, calibration_photos
 from space.bake.export import export_optimized
+from space.bake.openvino_export import VALIDATION_SIZE, QuantizationFailed, quantize
 from space.model.cpu import cpu_flags
 from space.model.folder import has_pytorch_weights
 from space.settings import Settings
@@ -68,8 +69,13 @@ def test_each_precision_is_exported_and_described(openvino_bakes: dict[str, Path
         if precision == "int8":
             calibration = chosen["calibration"]
             assert calibration["inputs"] == TEST_CALIBRATION_SIZE and len(calibration["photos"]) == 5
+            static = chosen["static_int8"]  # accuracy control measured it on crops the guard never sees
+            assert static["method"] == "nncf.quantize_with_accuracy_control" and static["transformer"]
+            assert static["validation_inputs"] == VALIDATION_SIZE and static["seconds"] > 0, static
+            assert static["calibration_inputs"] == TEST_CALIBRATION_SIZE
+            assert re.fullmatch(r"\d+ of \d+ matrix multiplies and convolutions", static["int8_ops"]), static
         else:
-            assert "calibration" not in chosen
+            assert "calibration" not in chosen and "static_int8" not in chosen
 
 
 def test_int8_files_are_smaller_and_quantised(openvino_bakes: dict[str, Path]) -> None:
@@ -116,6 +122,18 @@ def test_every_precision_serves_over_http(
         assert re.search(r"^space_batch_size_count\s+[1-9]", metrics, re.M), (
             precision
         )  # served by the batcher
+
+
+def test_a_failing_or_slow_quantiser_refuses_the_candidate_with_its_reason(tmp_path: Path) -> None:
+    """Static int8 runs in a child process: its error, or running past the time limit, is a clear
+    failure of that candidate (the bake goes on with the others), never a crash of the bake."""
+    pixels = np.zeros((1, 1, 3, 8, 8), np.float32)
+    missing = tmp_path / "missing.onnx"
+    with pytest.raises(QuantizationFailed, match=r"missing\.onnx"):
+        quantize(missing, tmp_path / "int8.xml", list(pixels), pixels[0], np.ones((1, 2)))
+    with pytest.raises(QuantizationFailed, match=r"took longer than 0\.5 s"):
+        quantize(missing, tmp_path / "int8.xml", list(pixels), pixels[0], np.ones((1, 2)), time_limit=0.5)
+    assert not list(tmp_path.glob("int8.*"))
 
 
 def test_calibration_never_holds_a_guard_photo(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from space.backends.choice import choose
 from space.backends.registry import ONNX_RUNTIME, RuntimeSpec, by_name, candidates
 from space.bake.calibration import CALIBRATION_SIZE, calibration_inputs, calibration_photos
 from space.bake.guard import MIN_COSINE, MIN_TOP1_AGREEMENT, AccuracyError, evaluation_inputs, judge, rows
+from space.bake.openvino_export import VALIDATION_SEED, VALIDATION_SIZE, convert, quantize
 from space.bake.probe import MAX_BATCH, probe
 from space.bake.speed import measure_speed
 from space.errors import ModelUnavailable
@@ -76,7 +77,7 @@ def export_optimized(
     measure = len(choices) > 1
     measure_seconds = measure_seconds or MEASURE_SECONDS
     ref, processor, image_size = reference(model_dir)
-    sources = Sources(ref.model, processor, image_size, photos, calibration_dir, calibration_size)
+    sources = Sources(ref, processor, image_size, photos, calibration_dir, calibration_size)
     inputs = evaluation_inputs(processor, image_size, photos)
     expected = rows(ref, inputs)
     names = [p.name for p in photos]
@@ -143,18 +144,19 @@ def export_optimized(
 
 class Sources:
     """What candidates are made from, each made once and only if needed: the fp32 ONNX export (ONNX
-    Runtime and OpenVINO both start from it) and the calibration inputs (static int8 only)."""
+    Runtime and OpenVINO both start from it), and for static int8 the calibration inputs and the held-out
+    validation crops with fp32 PyTorch's logits on them."""
 
     def __init__(
         self,
-        model: Any,
+        reference: Any,  # the fp32 TorchBackend
         processor: Any,
         image_size: tuple[int, int],
         photos: Sequence[Path],
         calibration_dir: Path | None,
         calibration_size: int | None = None,
     ) -> None:
-        self.model, self.processor, self.image_size = model, processor, image_size
+        self.reference, self.processor, self.image_size = reference, processor, image_size
         self.photos = list(photos)
         self.calibration_dir = calibration_dir
         self.calibration_size = calibration_size or CALIBRATION_SIZE
@@ -162,13 +164,14 @@ class Sources:
         self._onnx: Path | None = None
         self._calibration: list[np.ndarray] | None = None
         self._calibration_photos: list[Path] = []
+        self.quantization: dict[str, Any] | None = None  # what static int8 took, once it ran
 
     def onnx_fp32(self) -> Path:
         if self._onnx is None:
             assert self.scratch is not None
             self._check_fixed_size()
             self._onnx = self.scratch / "model-fp32.onnx"
-            _export_onnx(self.model, self.image_size, self._onnx)
+            _export_onnx(self.reference.model, self.image_size, self._onnx)
         return self._onnx
 
     def calibration(self) -> list[np.ndarray]:
@@ -183,6 +186,15 @@ class Sources:
                 self._calibration_photos, self.processor, self.calibration_size
             )
         return self._calibration
+
+    def validation(self) -> tuple[np.ndarray, np.ndarray]:
+        """Crops of the calibration photos with another seed (calibration never saw them, the guard never
+        sees them), and fp32 PyTorch's logits on them: what static int8's accuracy control measures."""
+        self.calibration()
+        crops = np.concatenate(
+            calibration_inputs(self._calibration_photos, self.processor, VALIDATION_SIZE, VALIDATION_SEED)
+        )
+        return crops, rows(self.reference, crops)
 
     @property
     def calibrated(self) -> bool:
@@ -252,10 +264,12 @@ def _export(sources: Sources, runtime: RuntimeSpec, precision: str, file: Path) 
         else:
             shutil.copyfile(sources.onnx_fp32(), file)
         return
-    from space.bake.openvino_export import convert  # NNCF and OpenVINO's converter load only here
-
-    calibration = sources.calibration() if precision == "int8" else ()
-    convert(sources.onnx_fp32(), file, precision, calibration)
+    if precision == "int8":
+        sources.quantization = quantize(
+            sources.onnx_fp32(), file, sources.calibration(), *sources.validation()
+        )
+    else:
+        convert(sources.onnx_fp32(), file, precision)
 
 
 def _file(out_dir: Path, runtime: RuntimeSpec, precision: str) -> Path | None:
@@ -288,6 +302,8 @@ def _write(
     manifest = {**entry, "refused": refused, "cpu": cpu_model()}
     if sources.calibrated:
         manifest["calibration"] = sources.calibration_report()
+    if sources.quantization:
+        manifest["static_int8"] = sources.quantization
     manifest["cpu_flags"] = sorted(
         cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16"}
     )
