@@ -52,6 +52,7 @@ def settings_from(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     """Start the web app; exits non-zero with one clear line if the model cannot be loaded."""
     settings = settings_from(args, SERVE_FIELDS)
+    serve_only_the_chosen_runtime(settings)
     configure_logging(settings)
     from space.memory import limit_fragmentation
 
@@ -121,6 +122,18 @@ def predict(args: argparse.Namespace) -> int:
     finally:
         service.close()
     return 1 if failed else 0
+
+
+def serve_only_the_chosen_runtime(settings: Settings) -> None:
+    """Keep torch out of a server that another runtime serves (:func:`keep_torch_out`)."""
+    from space.backends.choice import keep_torch_out
+    from space.serving.loading import resolve
+
+    try:
+        choice = resolve(settings).choice
+    except ModelUnavailable:
+        return  # the app stops start-up with its own message
+    keep_torch_out(choice)
 
 
 def configure_logging(settings: Settings) -> None:

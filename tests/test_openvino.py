@@ -122,6 +122,23 @@ def test_every_precision_serves_over_http(
         assert re.search(r"^space_batch_size_count\s+[1-9]", metrics, re.M), (
             precision
         )  # served by the batcher
+        assert info["preprocessing"] == "one pass (equal to the processor)", info
+        # Memory: torch (which transformers imports whenever it is installed) is kept out of a server that
+        # another runtime serves, and the weights file's pages are let go once OpenVINO holds its own copy.
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+        assert "libtorch" not in maps, precision
+        assert resident_kb(server.process.pid, f"openvino-{precision}.bin") < 1024, precision
+
+
+def resident_kb(pid: int, name: str) -> int:
+    """How much of the mapped file ``name`` is resident in process ``pid`` (kB, from smaps)."""
+    total, inside = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.endswith("/" + name)
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
 
 
 def test_a_failing_or_slow_quantiser_refuses_the_candidate_with_its_reason(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ import openvino as ov
 import openvino.properties as props
 import openvino.properties.hint as hints
 
+from space.memory import release_mapped_file
+
 
 class OpenVinoBackend:
     """One compiled model, one stream of ``threads`` cores: a lone request gets every core at once, and
@@ -40,6 +42,10 @@ class OpenVinoBackend:
         self._lock = threading.Lock()  # one infer request: one call at a time (the batcher has one worker)
         # What the CPU really computes in (bf16 asks for bf16; a CPU without it runs f32).
         self.inference_precision = self._compiled.get_property(hints.inference_precision).get_type_name()
+        # The first inference repacks the weights into OpenVINO's memory; the mapped file is unused after.
+        dims = list(self._compiled.input(0).get_partial_shape())[1:]  # channels, height, width
+        self._request.infer({0: np.zeros((1, *(dim.get_length() for dim in dims)), np.float32)})
+        release_mapped_file(path.with_suffix(".bin"))
         self.name = f"openvino-{precision}"
         self.path = path
 

@@ -24,6 +24,7 @@ from space.backends.choice import Choice, load_backend
 from space.errors import ModelUnavailable
 from space.model.folder import read_bake_manifest
 from space.serving import metrics
+from space.serving.pixels import fast_path
 from space.serving.threads import INFERENCE
 from space.serving.threads import named as named_thread
 
@@ -53,6 +54,7 @@ class ModelInfo:
     backend: str
     function_to_apply: str = "softmax"  # the model's default: sigmoid for multi-label checkpoints
     load_seconds: float = 0.0
+    preprocessing: str = "the processor"  # or one pass, where proven equal (space/serving/pixels.py)
     bake: dict[str, Any] | None = None
     optimized: dict[str, Any] | None = None  # the bake step's optimized.json (backend, guard report)
     versions: dict[str, str] = field(default_factory=dict)
@@ -72,6 +74,7 @@ class Classifier:
         info: ModelInfo,
     ) -> None:
         self.processor = processor
+        self._one_pass = fast_path(processor)  # the processor's answer in one pass, where proven equal
         self.backend = backend
         self.labels = [id2label[i] for i in range(len(id2label))]
         self.info = info
@@ -83,8 +86,15 @@ class Classifier:
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The model's own processor configuration (resize, crop, normalise), as float32 NCHW."""
+        if self._one_pass is not None:
+            return np.stack([self._one_pass(image) for image in images])
         batch = self.processor(images=list(images), return_tensors="np")["pixel_values"]
         return np.ascontiguousarray(batch, dtype=np.float32)
+
+    @property
+    def preprocessing(self) -> str:
+        """Which path makes the pixels, for ``/info``."""
+        return "one pass (equal to the processor)" if self._one_pass is not None else "the processor"
 
     def warm_up(self) -> None:
         """One inference on a blank image, so the first user does not pay for lazy initialisation."""
@@ -181,6 +191,7 @@ def load_resolved(
     )
     labels = {int(k): v for k, v in config.id2label.items()}
     classifier = Classifier(processor, engine, labels, info)
+    info.preprocessing = classifier.preprocessing
     try:
         with named_thread(f"{INFERENCE}-pool"):  # PyTorch starts its pool at the first inference
             classifier.warm_up()
