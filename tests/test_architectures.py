@@ -252,8 +252,9 @@ def bake_once(
     checkpoints: dict[str, Path], photo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str, str, str], Baked]:
     """Bake each (architecture, backend, precision) once, as the bake command does, with the photo (static
-    int8 on fewer calibration crops than the default: these are tiny random models, and the guard still
-    decides)."""
+    int8 on fewer calibration crops than the default and without accuracy control, whose ranking would
+    compile each model dozens of times: these are tiny random models, and the guard still decides;
+    test_openvino and test_no_torch run the accuracy control)."""
     root = tmp_path_factory.mktemp("bakes")
     done: dict[tuple[str, str, str], Baked] = {}
 
@@ -269,6 +270,7 @@ def bake_once(
                     optimize=backend,
                     precision=precision,
                     calibration_size=TEST_CALIBRATION_SIZE,
+                    float_groups=0,
                     **examples,
                 )
                 done[key] = Baked(output, None)

@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from space.backends.registry import candidates
 from space.bake import bake
 from space.bake.calibration import CALIBRATION_SIZE, calibration_photos
+from space.bake.openvino_export import TIME_LIMIT_S, VALIDATION_SIZE
 from space.serving.explain import DEFAULT
 from tests.conftest import PHOTOS, REPO, Photo, Server, read_photos
 
@@ -131,6 +132,9 @@ def test_the_default_bake_is_the_fastest_that_passes_the_guard(lean_bakes: dict[
     assert ("openvino", "int8") in tried or any(r.startswith("openvino int8") for r in chosen["refused"])
     calibration = chosen["calibration"]
     assert calibration["inputs"] == CALIBRATION_SIZE and calibration["photos"], calibration
+    static = chosen["static_int8"]  # with accuracy control, validated on crops the guard never sees
+    assert static["method"] == "nncf.quantize_with_accuracy_control", static
+    assert static["validation_inputs"] == VALIDATION_SIZE and static["seconds"] < TIME_LIMIT_S, static
     guard_bytes = {p.path.read_bytes() for p in read_photos()}
     for path in calibration_photos(None):
         assert (path.name in calibration["photos"]) == (path.read_bytes() not in guard_bytes), path.name

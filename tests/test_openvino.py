@@ -73,6 +73,9 @@ def test_each_precision_is_exported_and_described(openvino_bakes: dict[str, Path
             assert static["method"] == "nncf.quantize_with_accuracy_control" and static["transformer"]
             assert static["validation_inputs"] == VALIDATION_SIZE and static["seconds"] > 0, static
             assert static["calibration_inputs"] == TEST_CALIBRATION_SIZE
+            # Quantising everything gave this tiny model 0.984 on its validation crops; NNCF put an
+            # operation back in float until it held the bound (drop <= MAX_DROP from fp32's 1.0).
+            assert static["validation_min_cosine"] >= 0.99 and static["float_groups_allowed"] > 0, static
             assert re.fullmatch(r"\d+ of \d+ matrix multiplies and convolutions", static["int8_ops"]), static
         else:
             assert "calibration" not in chosen and "static_int8" not in chosen

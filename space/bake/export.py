@@ -26,7 +26,7 @@ from space.backends.choice import choose
 from space.backends.registry import ONNX_RUNTIME, RuntimeSpec, by_name, candidates
 from space.bake.calibration import CALIBRATION_SIZE, calibration_inputs, calibration_photos
 from space.bake.guard import MIN_COSINE, MIN_TOP1_AGREEMENT, AccuracyError, evaluation_inputs, judge, rows
-from space.bake.openvino_export import VALIDATION_SEED, VALIDATION_SIZE, convert, quantize
+from space.bake.openvino_export import MAX_FLOAT_GROUPS, VALIDATION_SEED, VALIDATION_SIZE, convert, quantize
 from space.bake.probe import MAX_BATCH, probe
 from space.bake.speed import measure_speed
 from space.errors import ModelUnavailable
@@ -50,6 +50,7 @@ def export_optimized(
     calibration_dir: Path | None = None,
     measure_seconds: float | None = None,
     calibration_size: int | None = None,
+    float_groups: int = MAX_FLOAT_GROUPS,
 ) -> Path:
     """Make the optimised model for ``model_dir`` in ``out_dir``, guard its accuracy, and describe it.
 
@@ -77,7 +78,7 @@ def export_optimized(
     measure = len(choices) > 1
     measure_seconds = measure_seconds or MEASURE_SECONDS
     ref, processor, image_size = reference(model_dir)
-    sources = Sources(ref, processor, image_size, photos, calibration_dir, calibration_size)
+    sources = Sources(ref, processor, image_size, photos, calibration_dir, calibration_size, float_groups)
     inputs = evaluation_inputs(processor, image_size, photos)
     expected = rows(ref, inputs)
     names = [p.name for p in photos]
@@ -155,11 +156,13 @@ class Sources:
         photos: Sequence[Path],
         calibration_dir: Path | None,
         calibration_size: int | None = None,
+        float_groups: int = MAX_FLOAT_GROUPS,
     ) -> None:
         self.reference, self.processor, self.image_size = reference, processor, image_size
         self.photos = list(photos)
         self.calibration_dir = calibration_dir
         self.calibration_size = calibration_size or CALIBRATION_SIZE
+        self.float_groups = float_groups
         self.scratch: Path | None = None
         self._onnx: Path | None = None
         self._calibration: list[np.ndarray] | None = None
@@ -265,8 +268,9 @@ def _export(sources: Sources, runtime: RuntimeSpec, precision: str, file: Path) 
             shutil.copyfile(sources.onnx_fp32(), file)
         return
     if precision == "int8":
+        crops, expected = sources.validation()
         sources.quantization = quantize(
-            sources.onnx_fp32(), file, sources.calibration(), *sources.validation()
+            sources.onnx_fp32(), file, sources.calibration(), crops, expected, sources.float_groups
         )
     else:
         convert(sources.onnx_fp32(), file, precision)

@@ -64,11 +64,13 @@ def quantize(
     calibration: Sequence[np.ndarray],
     validation: np.ndarray,
     expected: np.ndarray,
+    float_groups: int = MAX_FLOAT_GROUPS,
     time_limit: float = TIME_LIMIT_S,
 ) -> dict[str, Any]:
     """Write ``path`` (``.xml`` and ``.bin``), static int8 of the fp32 ``onnx_file``; ``validation`` are
-    preprocessed crops and ``expected`` fp32 PyTorch's logits on them. Returns what was done, for
-    ``optimized.json``."""
+    preprocessed crops and ``expected`` fp32 PyTorch's logits on them; at most ``float_groups`` groups
+    of operations go back to float (0: none, and no accuracy control, only its measurement). Returns
+    what was done, for ``optimized.json``."""
     if not len(calibration):
         raise ValueError("static int8 needs calibration images")
     with tempfile.TemporaryDirectory(prefix="vit-space-quantize-") as scratch:
@@ -77,6 +79,7 @@ def quantize(
         np.save(folder / "validation.npy", validation)
         np.save(folder / "expected.npy", expected)
         command = [sys.executable, "-m", "space.bake.openvino_export", str(onnx_file), str(path), scratch]
+        command.append(str(float_groups))
         started = time.perf_counter()
         _run(command, time_limit)
         report = json.loads((folder / "report.json").read_text())
@@ -144,8 +147,9 @@ def is_transformer(model: Any) -> bool:
     return any(op.get_type_name() in attention for op in model.get_ops())
 
 
-def _quantize(onnx_file: Path, path: Path, folder: Path) -> dict[str, Any]:
-    """The child's work: convert, quantise with accuracy control, save; returns its report."""
+def _quantize(onnx_file: Path, path: Path, folder: Path, float_groups: int) -> dict[str, Any]:
+    """The child's work: convert, quantise (with accuracy control if ``float_groups``), save; returns its
+    report."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import (
@@ -162,30 +166,38 @@ def _quantize(onnx_file: Path, path: Path, folder: Path) -> dict[str, Any]:
     items = [(validation[i : i + 1], expected[i]) for i in range(len(validation))]
     transformer = is_transformer(model)
     print(f"calibrating on {len(calibration)} crops, validating on {len(items)} others", flush=True)
-    quantized = nncf.quantize_with_accuracy_control(
-        model,
-        nncf.Dataset(calibration),
-        nncf.Dataset(items),
-        min_cosine,
-        max_drop=MAX_DROP,
+    common: dict[str, Any] = dict(
         preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations: GELU and ReLU outputs are skewed
         model_type=nncf.ModelType.TRANSFORMER if transformer else None,
         subset_size=len(calibration),
-        advanced_quantization_parameters=AdvancedQuantizationParameters(
-            # Saturation-safe on CPUs without VNNI, so that they compute what was validated here.
-            overflow_fix=OverflowFix.ENABLE,
-            # SmoothQuant off: on ViT-B/16 it lowered the held-out photos' min cosine (0.96 against 0.996).
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1, convolution=-1),
-        ),
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-            max_num_iterations=MAX_FLOAT_GROUPS, ranking_subset_size=RANKING_SUBSET, num_ranking_workers=1
-        ),
     )
+    advanced = AdvancedQuantizationParameters(
+        # Saturation-safe on CPUs without VNNI, so that they compute what was validated here.
+        overflow_fix=OverflowFix.ENABLE,
+        # SmoothQuant off: on ViT-B/16 it lowered the held-out photos' min cosine (0.96 against 0.996).
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1, convolution=-1),
+    )
+    if float_groups:
+        quantized = nncf.quantize_with_accuracy_control(
+            model,
+            nncf.Dataset(calibration),
+            nncf.Dataset(items),
+            min_cosine,
+            max_drop=MAX_DROP,
+            advanced_quantization_parameters=advanced,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                max_num_iterations=float_groups, ranking_subset_size=RANKING_SUBSET, num_ranking_workers=1
+            ),
+            **common,
+        )
+    else:
+        quantized = nncf.quantize(model, nncf.Dataset(calibration), advanced_parameters=advanced, **common)
     ov.save_model(quantized, str(path), compress_to_fp16=False)
     achieved, _ = min_cosine(ov.Core().compile_model(quantized, "CPU"), items)
     quantised, heavy = int8_ops(quantized)
     return {
-        "method": "nncf.quantize_with_accuracy_control",
+        "method": "nncf.quantize_with_accuracy_control" if float_groups else "nncf.quantize",
+        "float_groups_allowed": float_groups,
         "transformer": transformer,
         "calibration_inputs": len(calibration),
         "validation_inputs": len(items),
@@ -196,9 +208,9 @@ def _quantize(onnx_file: Path, path: Path, folder: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
-    onnx_file, path, scratch = argv
+    onnx_file, path, scratch, float_groups = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = _quantize(Path(onnx_file), Path(path), Path(scratch))
+    report = _quantize(Path(onnx_file), Path(path), Path(scratch), int(float_groups))
     (Path(scratch) / "report.json").write_text(json.dumps(report))
     return 0
 
