@@ -21,7 +21,8 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.server, pytest.mark.bake]
 
 ROW = re.compile(
-    r"^\| (vit-space|vit-space page|vit-space 8/request|baseline) \| (640x480|12MP) \| (\d+) "
+    r"^\| (vit-space|vit-space page|vit-space page gradio_client|vit-space 8/request|baseline) "
+    r"\| (640x480|12MP) \| (\d+) "
     r"\| [\d.]+ \| \d+ \| \d+ \| \d+ "
     r"\| (\d+) \| \d+ "
     r"\| ([\d.]+) \| \d+% \| \d+% \| (?:\d+%|-) \|$"
@@ -63,11 +64,11 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
     rows = [
         ROW.match(line) for line in lines if line.startswith("| vit-space") or line.startswith("| baseline")
     ]
-    assert len(rows) == 10 and all(rows), result.stdout
+    assert len(rows) == 11 and all(rows), result.stdout
     cells = {(m[1], m[2], int(m[3])) for m in rows if m}
     assert cells == {
         (s, i, c) for s in ("vit-space", "baseline") for i in ("640x480", "12MP") for c in (1, 4)
-    } | {("vit-space page", "640x480", 4), ("vit-space 8/request", "640x480", 4)}
+    } | {(f"vit-space {s}", "640x480", 4) for s in ("page", "page gradio_client", "8/request")}
     assert all(
         m[5] == "1.00" for m in rows if m and m[1] == "baseline"
     )  # ratios are to the same cell's baseline
@@ -91,7 +92,7 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
     assert data["explain"]["forward_passes"] == DEFAULT.passes(7) and data["explain"]["explain_p50_ms"] > 0
     # The bench bakes as the bake step does: the fastest that passes the guard here, measured.
     chosen = data["info"]["optimized"]
-    assert len(data["cells"]) == 10 and data["info"]["backend"] == served[1]
+    assert len(data["cells"]) == 11 and data["info"]["backend"] == served[1]
     assert f"{chosen['backend']}-{chosen['precision']}" == served[1] and chosen["why"], chosen
     assert data["bare"]["workers"] == int(bare[4]) and data["bare"]["lone_p50_ms"] == float(bare[2])
     # The issue's targets as ratios within the run, from the same figures as the table.
@@ -100,6 +101,7 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
         r"x4 sending 8 per request: ([\d.]+) img/s = (\d+)%; "
         r"([\d.]+)x the baseline; x1 p50 (\d+) ms = bare alone \+ (-?\d+) ms; "
         r"12MP x1 p50 = 640x480's \+ (-?\d+) ms; page x4 = (\d+)% of the API; "
+        r"with gradio_client as the page's clients (\d+)%; "
         r"server CPU per image x4 outside inference ([\d.]+) ms, inference (\d+) ms$",
         result.stdout,
         re.MULTILINE,
@@ -111,15 +113,17 @@ def test_quick_bench_reports_every_cell(tiny_vit: Path, tmp_path: Path) -> None:
     assert float(ratios[3]) == best and int(ratios[2]) == round(100 * api["images_per_s"] / best)
     # The server's CPU split by thread: both sides measured, the ratio line prints the API's.
     assert api["serving_cpu_ms"] > 0 and api["inference_cpu_ms"] > 0, api
-    assert float(ratios[11]) == round(api["serving_cpu_ms"], 1), (ratios[11], api)
+    assert float(ratios[12]) == round(api["serving_cpu_ms"], 1), (ratios[12], api)
     many = figures["vit-space 8/request", "640x480", 4]
     assert many["per_request"] == 8
     assert many["images_per_s"] == pytest.approx(8 * many["requests"] / many["seconds"], rel=0.01)
     assert float(ratios[4]) == round(many["images_per_s"], 1)
     assert int(ratios[5]) == round(100 * many["images_per_s"] / best)
     assert float(ratios[6]) == round(api["images_per_s"] / base["images_per_s"], 1)
-    page = figures["vit-space page", "640x480", 4]["images_per_s"]
+    page = figures["vit-space page", "640x480", 4]["images_per_s"]  # the browser's protocol, lean client
     assert int(ratios[10]) == round(100 * page / api["images_per_s"])
+    heavy = figures["vit-space page gradio_client", "640x480", 4]["images_per_s"]
+    assert int(ratios[11]) == round(100 * heavy / api["images_per_s"])
     for cell in data["cells"]:
         assert cell["errors"] == 0 and cell["requests"] > 0 and cell["images_per_s"] > 0, cell
         assert cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"], cell

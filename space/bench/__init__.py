@@ -33,7 +33,7 @@ from space.bench.load import (
     measure_bare,
     measure_explain,
     overload_line,
-    page_cell,
+    page_cells,
     row,
     run_cells,
     run_overload,
@@ -159,7 +159,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             cells = run_cells(servers, images, clients, seconds)
             cells.append(many_cell(servers[0], sizes[0], SIZES[sizes[0]], *MANY, seconds))
             if args.page:
-                cells.append(page_cell(servers[0], sizes[0], images[sizes[0]], max(clients), seconds))
+                cells += page_cells(servers[0], sizes[0], images[sizes[0]], max(clients), seconds)
             explain_image, explained = sizes[0], None
             if not args.no_explain:
                 print("measuring explanations ...", file=sys.stderr, flush=True)
@@ -382,6 +382,7 @@ def serving_ratios(results: list[dict[str, object]]) -> str:
             continue
         bare = result["bare"]
         api, page = by_cell(result["cells"], "vit-space"), by_cell(result["cells"], "vit-space page")
+        heavy_page = by_cell(result["cells"], "vit-space page gradio_client")
         many = by_cell(result["cells"], f"vit-space {MANY[1]}/request")
         image = next(iter(api))[0]
         counts = [c for i, c in api if i == image]
@@ -403,6 +404,9 @@ def serving_ratios(results: list[dict[str, object]]) -> str:
                 parts.append(f"{other} x{one} p50 = {image}'s + {api[other, one]['p50_ms'] - lone:.0f} ms")
         if (image, most) in page:
             parts.append(f"page x{most} = {100 * page[image, most]['images_per_s'] / served:.0f}% of the API")
+        if (image, most) in heavy_page:
+            heavy = heavy_page[image, most]["images_per_s"]
+            parts.append(f"with gradio_client as the page's clients {100 * heavy / served:.0f}%")
         cpu = api[image, most]
         parts.append(
             f"server CPU per image x{most} outside inference {cpu['serving_cpu_ms']:.1f} ms, "

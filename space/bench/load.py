@@ -88,9 +88,51 @@ def drive_v2(
     return _loop(v2_client, clients, seconds)
 
 
+def drive_page_lean(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], int, float]:
+    """``clients`` users of the page's Classify event speaking Gradio's queue protocol as the browser
+    does, each on one kept-alive connection: upload the photo, join the queue, read the event stream
+    until the result. The load generator's own CPU stays small, so the figure is the server's."""
+    import json
+    import uuid
+
+    import httpx
+
+    config = httpx.get(f"{url}/config", timeout=30).json()
+    prefix = config.get("api_prefix", "/gradio_api")
+    event = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "classify")
+
+    def page_client() -> Callable[[], bool]:
+        http = httpx.Client(base_url=f"{url}{prefix}", timeout=120)
+        session = uuid.uuid4().hex
+
+        def send() -> bool:
+            try:
+                upload = http.post("/upload", files=[("files", ("photo.jpg", body, "image/jpeg"))])
+                image = {"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}
+                joined = http.post(
+                    "/queue/join",
+                    json={"data": [image, 5], "fn_index": event, "session_hash": session, "event_data": None},
+                )
+                if joined.status_code != 200:
+                    return False
+                with http.stream("GET", "/queue/data", params={"session_hash": session}) as stream:
+                    for line in stream.iter_lines():
+                        message = json.loads(line[5:]) if line.startswith("data:") else {}
+                        if message.get("msg") == "process_completed":
+                            return bool(message.get("success"))
+                return False
+            except (httpx.HTTPError, ValueError):
+                return False
+
+        return send
+
+    return _loop(page_client, clients, seconds)
+
+
 def drive_page(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], int, float]:
     """``clients`` ``gradio_client`` users of the page's Classify event (through Gradio's queue: upload,
-    join, stream), back to back for ``seconds``: what people on the page get."""
+    join, stream), back to back for ``seconds``: what people on the page get, with the cost of that
+    client itself on the same machine (compare :func:`drive_page_lean`)."""
     import tempfile
 
     from gradio_client import Client, handle_file
@@ -380,13 +422,16 @@ def many_cell(
     return cell
 
 
-def page_cell(server: Process, image_name: str, body: bytes, clients: int, seconds: float) -> Cell:
-    """The page's queue: ``clients`` gradio_client users of the Classify event (server "<name> page")."""
-    load, cpu = os.getloadavg()[0], server.cpu_split_s()
-    measured = drive_page(server.url, body, clients, seconds)
-    cell = _cell(server, f"{server.name} page", image_name, clients, measured, load, cpu=cpu)
-    print(f"  {row(cell)} load {load:.1f}", file=sys.stderr, flush=True)
-    return cell
+def page_cells(server: Process, image_name: str, body: bytes, clients: int, seconds: float) -> list[Cell]:
+    """The page's queue: ``clients`` users of the Classify event, speaking the protocol as the browser
+    does (server "<name> page"), then as ``gradio_client`` (server "<name> page gradio_client")."""
+    cells = []
+    for name, drive_clients in (("page", drive_page_lean), ("page gradio_client", drive_page)):
+        load, cpu = os.getloadavg()[0], server.cpu_split_s()
+        measured = drive_clients(server.url, body, clients, seconds)
+        cells.append(_cell(server, f"{server.name} {name}", image_name, clients, measured, load, cpu=cpu))
+        print(f"  {row(cells[-1])} load {load:.1f}", file=sys.stderr, flush=True)
+    return cells
 
 
 def _cell(
