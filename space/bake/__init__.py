@@ -33,7 +33,6 @@ from space.bake.fetch import (
     read_token,
     sha256_file,
 )
-from space.bake.openvino_export import MAX_FLOAT_GROUPS
 from space.model.folder import pytorch_weight_files
 
 
@@ -84,7 +83,7 @@ def optimize_model(
     min_top1: float = 1.0,
     measure_seconds: float | None = None,
     calibration_size: int | None = None,
-    float_groups: int = MAX_FLOAT_GROUPS,
+    float_groups: int | None = None,
 ) -> dict[str, Any]:
     """Export and accuracy-check the serving backend in ``model_dir`` (writes ``optimized.json``); with
     ``auto``, the fastest that passes the guard on this CPU. ``photos`` are the guard's; static int8
@@ -161,7 +160,7 @@ def bake(
     min_top1: float = 1.0,
     measure_seconds: float | None = None,
     calibration_size: int | None = None,
-    float_groups: int = MAX_FLOAT_GROUPS,
+    float_groups: int | None = None,
 ) -> dict[str, Any]:
     """Fetch, verify and describe a model in ``output``; returns the manifest it wrote.
 
@@ -271,10 +270,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--float-groups",
         type=int,
-        default=MAX_FLOAT_GROUPS,
-        help=f"static int8's accuracy control: groups of operations it may put back in float to hold "
-        f"the validation bound (default {MAX_FLOAT_GROUPS}); 0 quantises everything, faster to bake, "
-        "and leaves the accuracy guard to judge",
+        default=None,
+        help="static int8's accuracy control: groups of operations it may put back in float to hold the "
+        "validation bound (default 12); 0 quantises everything, faster to bake, and leaves the accuracy "
+        "guard to judge",
     )
     parser.add_argument(
         "--measure-seconds",
@@ -314,7 +313,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             min_top1=getattr(args, "min_top1_agreement", 1.0),
             measure_seconds=getattr(args, "measure_seconds", None),
             calibration_size=getattr(args, "calibration_size", None),
-            float_groups=getattr(args, "float_groups", MAX_FLOAT_GROUPS),
+            float_groups=getattr(args, "float_groups", None),
         )
     except BakeError as exc:
         raise SystemExit(f"bake: error: {exc}") from None

@@ -50,7 +50,7 @@ def export_optimized(
     calibration_dir: Path | None = None,
     measure_seconds: float | None = None,
     calibration_size: int | None = None,
-    float_groups: int = MAX_FLOAT_GROUPS,
+    float_groups: int | None = None,
 ) -> Path:
     """Make the optimised model for ``model_dir`` in ``out_dir``, guard its accuracy, and describe it.
 
@@ -156,13 +156,13 @@ class Sources:
         photos: Sequence[Path],
         calibration_dir: Path | None,
         calibration_size: int | None = None,
-        float_groups: int = MAX_FLOAT_GROUPS,
+        float_groups: int | None = None,
     ) -> None:
         self.reference, self.processor, self.image_size = reference, processor, image_size
         self.photos = list(photos)
         self.calibration_dir = calibration_dir
         self.calibration_size = calibration_size or CALIBRATION_SIZE
-        self.float_groups = float_groups
+        self.float_groups = MAX_FLOAT_GROUPS if float_groups is None else float_groups  # 0 is a choice
         self.scratch: Path | None = None
         self._onnx: Path | None = None
         self._calibration: list[np.ndarray] | None = None
