@@ -84,7 +84,8 @@ def test_each_precision_is_exported_and_described(openvino_bakes: dict[str, Path
 def test_int8_files_are_smaller_and_quantised(openvino_bakes: dict[str, Path]) -> None:
     sizes = {p: (f / f"openvino-{p}.bin").stat().st_size for p, f in openvino_bakes.items()}
     assert sizes["fp32"] == sizes["bf16"]  # bf16 is a hint at load time, not a different file
-    assert sizes["int8-weights"] < sizes["fp32"] / 2 and sizes["int8"] < sizes["fp32"] / 2, sizes
+    # Static int8 may keep some operations in float (accuracy control), each a large share of a tiny model.
+    assert sizes["int8-weights"] < sizes["fp32"] / 2 and sizes["int8"] < sizes["fp32"], sizes
     xml = (openvino_bakes["int8"] / "openvino-int8.xml").read_text()
     assert 'type="FakeQuantize"' in xml or "FakeConvert" in xml  # activations quantised too (static)
     weights_only = (openvino_bakes["int8-weights"] / "openvino-int8-weights.xml").read_text()
