@@ -26,11 +26,14 @@ MMAP_THRESHOLD_BYTES = 128 * 1024
 ARENAS = 2
 
 
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def limit_fragmentation() -> bool:
     """Apply the settings above unless the environment already chose; False where it is not glibc."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -53,9 +56,9 @@ def release_mapped_file(path: Path) -> int:
     lose, and any page read again comes back from the page cache.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        madvise = _libc().madvise
         maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
+    except (OSError, AttributeError):  # not Linux
         return 0
     released, target = 0, str(Path(path).resolve())
     for line in maps:
@@ -63,6 +66,6 @@ def release_mapped_file(path: Path) -> int:
         if len(fields) < 6 or fields[5] != target or "w" in fields[1]:
             continue
         start, end = (int(bound, 16) for bound in fields[0].split("-"))
-        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0:
+        if madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0:
             released += end - start
     return released

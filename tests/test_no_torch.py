@@ -29,7 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from space.backends.registry import candidates
 from space.bake import bake
 from space.bake.calibration import CALIBRATION_SIZE, calibration_photos
-from space.bake.openvino_export import TIME_LIMIT_S, VALIDATION_SIZE
+from space.bake.openvino_export import VALIDATION_SIZE
 from space.serving.explain import DEFAULT
 from tests.conftest import PHOTOS, REPO, Photo, Server, read_photos
 
@@ -136,7 +136,8 @@ def test_the_default_bake_is_the_fastest_that_passes_the_guard(lean_bakes: dict[
     assert calibration["inputs"] == CALIBRATION_SIZE and calibration["photos"], calibration
     static = chosen["static_int8"]  # with accuracy control, validated on crops the guard never sees
     assert static["method"] == "nncf.quantize_with_accuracy_control" and static["float_groups_allowed"] == 4
-    assert static["validation_inputs"] == VALIDATION_SIZE and static["seconds"] < TIME_LIMIT_S, static
+    assert static["validation_inputs"] == VALIDATION_SIZE, static
+    assert 0 < static["int8_ops"] <= static["heavy_ops"], static  # int8 activations, counted in the graph
     guard_bytes = {p.path.read_bytes() for p in read_photos()}
     for path in calibration_photos(None):
         assert (path.name in calibration["photos"]) == (path.read_bytes() not in guard_bytes), path.name

@@ -42,17 +42,20 @@ class OpenVinoBackend:
         self._lock = threading.Lock()  # one infer request: one call at a time (the batcher has one worker)
         # What the CPU really computes in (bf16 asks for bf16; a CPU without it runs f32).
         self.inference_precision = self._compiled.get_property(hints.inference_precision).get_type_name()
-        # The first inference repacks the weights into OpenVINO's memory; the mapped file is unused after.
-        dims = list(self._compiled.input(0).get_partial_shape())[1:]  # channels, height, width
-        self._request.infer({0: np.zeros((1, *(dim.get_length() for dim in dims)), np.float32)})
-        release_mapped_file(path.with_suffix(".bin"))
+        # The first inference (the server's warm-up) repacks the weights into OpenVINO's own memory; the
+        # mapped weights file is never read again, so its pages are let go then.
+        self._weights: Path | None = path.with_suffix(".bin")
         self.name = f"openvino-{precision}"
         self.path = path
 
     def logits(self, pixel_values: np.ndarray) -> np.ndarray:
         with self._lock:
             # share_outputs=False (the default): the result is a copy the next call does not overwrite.
-            return self._request.infer({0: pixel_values})[0]
+            logits = self._request.infer({0: pixel_values})[0]
+            if self._weights is not None:
+                release_mapped_file(self._weights)
+                self._weights = None
+            return logits
 
 
 def create(path: Path, precision: str, threads: int, workers: int) -> OpenVinoBackend:

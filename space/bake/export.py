@@ -193,7 +193,7 @@ class Sources:
     def validation(self) -> tuple[np.ndarray, np.ndarray]:
         """Crops of the calibration photos with another seed (calibration never saw them, the guard never
         sees them), and fp32 PyTorch's logits on them: what static int8's accuracy control measures."""
-        self.calibration()
+        self.calibration()  # finds the calibration photos (once), which the crops are cut from
         crops = np.concatenate(
             calibration_inputs(self._calibration_photos, self.processor, VALIDATION_SIZE, VALIDATION_SEED)
         )

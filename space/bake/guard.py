@@ -79,9 +79,7 @@ def judge(
     min_top1: float = MIN_TOP1_AGREEMENT,
 ) -> GuardReport:
     """The report for two models' logits on the evaluation inputs (``photos``: their names, if photos)."""
-    cosine = (reference * candidate).sum(1) / (
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12
-    )
+    cosine = cosines(reference, candidate)
     agreement, disagreements = None, []
     if photos:
         same = reference.argmax(1) == candidate.argmax(1)
@@ -99,6 +97,13 @@ def judge(
         bound_cosine=min_cosine,
         bound_top1=min_top1,
         passed=passed,
+    )
+
+
+def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Each row's cosine similarity of two models' logits (rows: images)."""
+    return (reference * candidate).sum(1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12
     )
 
 

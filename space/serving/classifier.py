@@ -24,7 +24,7 @@ from space.backends.choice import Choice, load_backend
 from space.errors import ModelUnavailable
 from space.model.folder import read_bake_manifest
 from space.serving import metrics
-from space.serving.pixels import fast_path
+from space.serving.pixels import ONE_PASS, Pixels, fast_path
 from space.serving.threads import INFERENCE
 from space.serving.threads import named as named_thread
 
@@ -72,9 +72,10 @@ class Classifier:
         backend: Backend,
         id2label: dict[int, str],
         info: ModelInfo,
+        one_pass: Pixels | None = None,
     ) -> None:
         self.processor = processor
-        self._one_pass = fast_path(processor)  # the processor's answer in one pass, where proven equal
+        self._one_pass = one_pass  # the processor's answer in one pass, where proven equal
         self.backend = backend
         self.labels = [id2label[i] for i in range(len(id2label))]
         self.info = info
@@ -90,11 +91,6 @@ class Classifier:
             return np.stack([self._one_pass(image) for image in images])
         batch = self.processor(images=list(images), return_tensors="np")["pixel_values"]
         return np.ascontiguousarray(batch, dtype=np.float32)
-
-    @property
-    def preprocessing(self) -> str:
-        """Which path makes the pixels, for ``/info``."""
-        return "one pass (equal to the processor)" if self._one_pass is not None else "the processor"
 
     def warm_up(self) -> None:
         """One inference on a blank image, so the first user does not pay for lazy initialisation."""
@@ -172,6 +168,7 @@ def load_resolved(
         ) from None
     with named_thread(f"{INFERENCE}-pool"):  # the runtime's own threads, started here, carry the name
         engine = load_backend(path, choice, threads, workers)
+    one_pass = fast_path(processor)
     info = ModelInfo(
         model=model,
         revision=commit,
@@ -181,6 +178,7 @@ def load_resolved(
         image_size=processed_size(processor),
         backend=choice.name,
         function_to_apply=default_function(config),
+        preprocessing=ONE_PASS if one_pass is not None else "the processor",
         bake=read_bake_manifest(path),
         optimized=choice.optimized,
         versions={
@@ -190,8 +188,7 @@ def load_resolved(
         },
     )
     labels = {int(k): v for k, v in config.id2label.items()}
-    classifier = Classifier(processor, engine, labels, info)
-    info.preprocessing = classifier.preprocessing
+    classifier = Classifier(processor, engine, labels, info, one_pass)
     try:
         with named_thread(f"{INFERENCE}-pool"):  # PyTorch starts its pool at the first inference
             classifier.warm_up()

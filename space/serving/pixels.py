@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # float32 rounding of the fused scale; one uint8 step after normalising is about 8e-3
 PROBES = ((640, 480), (333, 517))  # landscape and portrait, neither a multiple of the model's size
 
+ONE_PASS = "one pass (equal to the processor)"  # how /info names this path
+
 Pixels = Callable[[Image.Image], np.ndarray]
 
 
